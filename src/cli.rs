@@ -1,0 +1,414 @@
+//! Command-line definitions and the glue from each subcommand to the library.
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use tugboat::artifact::Format;
+use tugboat::progress::Progress;
+use tugboat::pull::{FailureKind, PullPolicy, PullRequest};
+use tugboat::reference::Reference;
+use tugboat::registry::{CredentialStore, EndpointPolicy, RegistryClient, RegistryOptions};
+
+/// Exit codes scripts can rely on.
+pub mod exit {
+    pub const OTHER: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const REFUSED: u8 = 3;
+    pub const NETWORK: u8 = 4;
+    pub const INTEGRITY: u8 = 5;
+    pub const STORAGE: u8 = 6;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "tugboat",
+    version,
+    about = "Bring AI models from OCI registries onto Kubernetes nodes: verified, resumable, cached.",
+    long_about = "Bring AI models from OCI registries (Harbor, distribution, any OCI registry) onto \
+Kubernetes nodes, verified byte for byte.\n\n\
+Typical init container:\n  tugboat pull harbor.example.com/ml-models/tinyllama:v1.0.0-gguf --dest /models\n\n\
+Exit codes: 0 ok, 2 bad usage or reference, 3 refused by the registry (not found, auth), \
+4 network, 5 integrity (digest or size mismatch), 6 local storage (disk full, permissions), 1 other."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter (error, warn, info, debug, or a tracing filter like tugboat=debug).
+    #[arg(long, global = true, env = "TUGBOAT_LOG")]
+    log: Option<String>,
+    /// Log lines as JSON objects instead of text.
+    #[arg(long, global = true, env = "TUGBOAT_LOG_JSON")]
+    log_json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pull a model into a directory (and the node cache), verifying every byte.
+    #[command(
+        after_help = "Examples:\n  tugboat pull harbor.example.com/ml-models/tinyllama:v1.0.0-gguf --dest /models\n  \
+tugboat pull registry.local:5000/m/tiny@sha256:<hex> --dest /models --cache /var/lib/tugboat --plain-http\n  \
+tugboat pull REF --dest /models --pull-policy Never   # fail unless cached"
+    )]
+    Pull(PullArgs),
+    /// Push a directory as an ORAS-style artifact (one layer per file, titled by its path).
+    #[command(
+        after_help = "Example:\n  tugboat push ./tinyllama harbor.example.com/ml-models/tinyllama:v1 --annotation org.cnai.model.name=tinyllama"
+    )]
+    Push(PushArgs),
+    /// Inspect and maintain the on-node cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// Print the version.
+    Version,
+}
+
+#[derive(Args)]
+struct PullArgs {
+    /// The model: registry[:port]/repository[:tag][@sha256:digest].
+    reference: String,
+    /// Directory the model's files are placed in (created if missing).
+    #[arg(long, env = "TUGBOAT_DEST")]
+    dest: Option<PathBuf>,
+    /// The shared content-addressed cache (e.g. a hostPath). Without it, DEST/.tugboat holds the
+    /// download state and a stamp that lets a re-run skip the pull.
+    #[arg(long, env = "TUGBOAT_CACHE")]
+    cache: Option<PathBuf>,
+    /// When to contact the registry.
+    #[arg(long, env = "TUGBOAT_PULL_POLICY", default_value = "IfNotPresent")]
+    pull_policy: PullPolicy,
+    /// Re-hash the files a destination or cache already holds before trusting them.
+    #[arg(long, env = "TUGBOAT_VERIFY")]
+    verify: bool,
+    /// Packaging format; detected from the manifest when not given.
+    #[arg(long, env = "TUGBOAT_FORMAT", default_value = "auto")]
+    format: FormatChoice,
+    /// Blobs downloaded at once.
+    #[arg(long, env = "TUGBOAT_CONCURRENCY", default_value_t = 4)]
+    concurrency: usize,
+    /// Print a JSON summary on stdout (digest, files, bytes fetched and reused, seconds).
+    #[arg(long, env = "TUGBOAT_JSON")]
+    json: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FormatChoice {
+    Auto,
+    Oras,
+    Modelpack,
+    Kitops,
+    Image,
+}
+
+impl FormatChoice {
+    fn forced(self) -> Option<Format> {
+        match self {
+            FormatChoice::Auto => None,
+            FormatChoice::Oras => Some(Format::Oras),
+            FormatChoice::Modelpack => Some(Format::Modelpack),
+            FormatChoice::Kitops => Some(Format::Kitops),
+            FormatChoice::Image => Some(Format::Image),
+        }
+    }
+}
+
+#[derive(Args)]
+struct PushArgs {
+    /// Directory whose regular files become the artifact's layers.
+    dir: PathBuf,
+    /// Where to push: registry[:port]/repository:tag.
+    reference: String,
+    /// Manifest annotation KEY=VALUE (repeatable), e.g. org.cnai.model.name=tinyllama.
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    annotations: Vec<String>,
+    /// The manifest's artifactType.
+    #[arg(long, default_value = tugboat::push::DEFAULT_ARTIFACT_TYPE)]
+    artifact_type: String,
+    /// Files uploaded at once.
+    #[arg(long, env = "TUGBOAT_CONCURRENCY", default_value_t = 4)]
+    concurrency: usize,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// List the models held in the cache.
+    Ls {
+        #[arg(long, env = "TUGBOAT_CACHE", default_value = "/var/lib/tugboat")]
+        cache: PathBuf,
+        /// One JSON array on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Flags shared by every command that talks to a registry.
+#[derive(Args)]
+struct RegistryArgs {
+    /// Speak plain HTTP to every registry (local test registries).
+    #[arg(long, env = "TUGBOAT_PLAIN_HTTP")]
+    plain_http: bool,
+    /// A registry HOST[:PORT] reached over HTTP or with unverified TLS (repeatable, or comma-separated in the env var).
+    #[arg(
+        long,
+        value_name = "HOST",
+        env = "TUGBOAT_INSECURE_REGISTRY",
+        value_delimiter = ','
+    )]
+    insecure_registry: Vec<String>,
+    /// PEM file of extra CA certificates to trust (a private Harbor's CA).
+    #[arg(long, value_name = "FILE", env = "TUGBOAT_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Docker config.json or a mounted Kubernetes .dockerconfigjson with credentials
+    /// (default: $DOCKER_CONFIG/config.json, then ~/.docker/config.json).
+    #[arg(long, value_name = "FILE", env = "TUGBOAT_DOCKER_CONFIG")]
+    docker_config: Option<PathBuf>,
+    /// HOST=MIRROR: try MIRROR (e.g. Dragonfly's dfdaemon, a pull-through cache) before HOST;
+    /// falls back to HOST if the mirror fails. Repeatable.
+    #[arg(
+        long,
+        value_name = "HOST=MIRROR",
+        env = "TUGBOAT_MIRROR",
+        value_delimiter = ','
+    )]
+    mirror: Vec<String>,
+    /// Attempts per request on 429, 5xx and connection loss.
+    #[arg(long, env = "TUGBOAT_RETRIES", default_value_t = 5)]
+    retries: u32,
+}
+
+impl RegistryArgs {
+    fn client(&self) -> Result<RegistryClient, Failure> {
+        let mirrors = self
+            .mirror
+            .iter()
+            .map(|m| EndpointPolicy::parse_mirror(m))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Failure::new(exit::USAGE, e.into()))?;
+        let credentials = CredentialStore::load(self.docker_config.as_deref())
+            .map_err(|e| Failure::new(exit::USAGE, e.into()))?;
+        RegistryClient::new(RegistryOptions {
+            endpoints: EndpointPolicy {
+                plain_http: self.plain_http,
+                insecure_hosts: self.insecure_registry.clone(),
+                mirrors,
+            },
+            ca_file: self.ca_file.clone(),
+            credentials,
+            max_attempts: self.retries.max(1),
+        })
+        .map_err(|e| Failure::new(exit::USAGE, e.into()))
+    }
+}
+
+/// An error with the exit code it maps to.
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    fn new(code: u8, error: anyhow::Error) -> Self {
+        Failure { code, error }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure::new(exit::OTHER, error)
+    }
+}
+
+pub fn init_logging(cli: &Cli) {
+    // On a terminal the progress bars tell the story; logs stay quiet unless asked.
+    let default = if std::io::stderr().is_terminal() {
+        "warn"
+    } else {
+        "info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(cli.log.as_deref().unwrap_or(default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
+    if cli.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Pull(args) => pull(args).await,
+        Command::Push(args) => push(args).await,
+        Command::Cache(CacheCommand::Ls { cache, json }) => cache_ls(&cache, json),
+        Command::Version => {
+            println!("tugboat {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    }
+}
+
+fn parse_reference(text: &str) -> Result<Reference, Failure> {
+    text.parse::<Reference>()
+        .map_err(|e| Failure::new(exit::USAGE, e.into()))
+}
+
+async fn pull(args: PullArgs) -> Result<(), Failure> {
+    let reference = parse_reference(&args.reference)?;
+    let client = args.registry.client()?;
+    let request = PullRequest {
+        reference,
+        dest: args.dest,
+        cache: args.cache,
+        policy: args.pull_policy,
+        verify: args.verify,
+        concurrency: args.concurrency,
+        format: args.format.forced(),
+    };
+    let progress = Progress::for_terminal(args.json);
+    let report = tugboat::pull::pull(&request, &client, &progress)
+        .await
+        .map_err(|e| {
+            let code = match e.kind() {
+                FailureKind::Refused => exit::REFUSED,
+                FailureKind::Network => exit::NETWORK,
+                FailureKind::Integrity => exit::INTEGRITY,
+                FailureKind::Storage => exit::STORAGE,
+                FailureKind::Input => exit::USAGE,
+            };
+            Failure::new(code, e.into())
+        })?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).context("serialising the report")?
+        );
+    } else {
+        let size: u64 = report.files.iter().map(|f| f.size).sum();
+        let place = report
+            .dest
+            .as_ref()
+            .or(report.snapshot.as_ref())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        println!(
+            "{} {} ({}) -> {}: {} file(s), {}, fetched {}, reused {}, {:.2}s",
+            if report.cache_hit { "cached" } else { "pulled" },
+            report.reference,
+            report.digest,
+            place,
+            report.files.len(),
+            human_bytes(size),
+            human_bytes(report.bytes_fetched),
+            human_bytes(report.bytes_reused),
+            report.seconds
+        );
+    }
+    Ok(())
+}
+
+async fn push(args: PushArgs) -> Result<(), Failure> {
+    let reference = parse_reference(&args.reference)?;
+    if reference.tag().is_none() || reference.digest().is_some() {
+        return Err(Failure::new(
+            exit::USAGE,
+            anyhow::anyhow!("push needs a tag and no digest: registry/repository:tag"),
+        ));
+    }
+    let mut annotations = std::collections::BTreeMap::new();
+    for pair in &args.annotations {
+        let (key, value) = pair.split_once('=').ok_or_else(|| {
+            Failure::new(
+                exit::USAGE,
+                anyhow::anyhow!("--annotation {pair:?}: expected KEY=VALUE"),
+            )
+        })?;
+        annotations.insert(key.to_string(), value.to_string());
+    }
+    let client = args.registry.client()?;
+    let options = tugboat::push::PushOptions {
+        artifact_type: args.artifact_type,
+        annotations,
+        concurrency: args.concurrency,
+    };
+    let report = tugboat::push::push(&client, &args.dir, &reference, &options)
+        .await
+        .map_err(|e| {
+            let code = match &e {
+                tugboat::push::PushError::Registry(r) if r.is_refusal() => exit::REFUSED,
+                tugboat::push::PushError::Registry(_) => exit::NETWORK,
+                _ => exit::STORAGE,
+            };
+            Failure::new(code, e.into())
+        })?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).context("serialising the report")?
+        );
+    } else {
+        let uploaded = report.files.iter().filter(|f| f.uploaded).count();
+        println!(
+            "pushed {}@{}: {} file(s), {} uploaded",
+            report.reference,
+            report.digest,
+            report.files.len(),
+            uploaded
+        );
+    }
+    Ok(())
+}
+
+fn cache_ls(root: &std::path::Path, json: bool) -> Result<(), Failure> {
+    let cache =
+        tugboat::cache::Cache::open(root).map_err(|e| Failure::new(exit::STORAGE, e.into()))?;
+    let snapshots = cache
+        .snapshots()
+        .map_err(|e| Failure::new(exit::STORAGE, e.into()))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&snapshots).context("serialising")?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<60} {:<20} {:>6} {:>10}",
+        "REFERENCE", "DIGEST", "FILES", "SIZE"
+    );
+    for info in snapshots {
+        println!(
+            "{:<60} {:<20} {:>6} {:>10}",
+            info.reference,
+            &info.digest.to_string()[..19],
+            info.files.len(),
+            human_bytes(info.total_size())
+        );
+    }
+    Ok(())
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

@@ -1,0 +1,14 @@
+//! tugboat: brings AI models from OCI registries onto Kubernetes nodes, verified byte for
+//! byte, through a content-addressed on-node cache shared by every mode (init container,
+//! CSI node plugin, cache warmer).
+
+pub mod artifact;
+pub mod cache;
+pub mod digest;
+pub mod materialize;
+pub mod progress;
+pub mod pull;
+pub mod push;
+pub mod reference;
+pub mod registry;
+pub mod safe_path;

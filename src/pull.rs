@@ -1,0 +1,550 @@
+//! The one pull pipeline every mode calls: reference -> manifest -> plan -> blobs -> snapshot
+//! -> destination. Pull policies decide when the registry is asked at all.
+
+use crate::artifact::{self, ArtifactError, Format, Manifest, Parsed, Plan};
+use crate::cache::{Cache, CacheError, Ingest, SnapshotFile, SnapshotInfo, SnapshotSlot};
+use crate::digest::Digest;
+use crate::materialize::{self, MaterializeError, Stamp};
+use crate::progress::Progress;
+use crate::reference::Reference;
+use crate::registry::{RegistryClient, RegistryError};
+use futures_util::{StreamExt, TryStreamExt};
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// When to contact the registry, as for Kubernetes images.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+pub enum PullPolicy {
+    /// Use the cache (or the destination's stamp) when it has the model; a cached tag needs no network.
+    #[value(name = "IfNotPresent")]
+    IfNotPresent,
+    /// Resolve the tag at the registry every time; blobs already cached are reused.
+    #[value(name = "Always")]
+    Always,
+    /// Never contact the registry: the cache has the model or the pull fails.
+    #[value(name = "Never")]
+    Never,
+}
+
+/// Downloads retried (resumed) after a transient failure mid-body.
+const BODY_ATTEMPTS: u32 = 6;
+
+#[derive(Clone, Debug)]
+pub struct PullRequest {
+    pub reference: Reference,
+    pub dest: Option<PathBuf>,
+    pub cache: Option<PathBuf>,
+    pub policy: PullPolicy,
+    pub verify: bool,
+    pub concurrency: usize,
+    pub format: Option<Format>,
+}
+
+/// The summary `--json` prints.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PullReport {
+    pub reference: String,
+    pub digest: Digest,
+    pub format: String,
+    pub dest: Option<PathBuf>,
+    pub snapshot: Option<PathBuf>,
+    pub files: Vec<SnapshotFile>,
+    pub bytes_fetched: u64,
+    pub bytes_reused: u64,
+    pub seconds: f64,
+    pub cache_hit: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("{reference}: {source}")]
+    Artifact {
+        reference: String,
+        #[source]
+        source: ArtifactError,
+    },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Materialize(#[from] MaterializeError),
+    #[error(
+        "manifest {expected}: the registry served bytes whose digest is {actual}; refusing them"
+    )]
+    ManifestMismatch { expected: Digest, actual: Digest },
+    #[error("blob {digest}: the registry has only {available} of its {expected} bytes (truncated blob); nothing was kept")]
+    Truncated {
+        digest: Digest,
+        expected: u64,
+        available: u64,
+    },
+    #[error(
+        "{reference} is not in the cache and --pull-policy Never forbids contacting the registry"
+    )]
+    NotCached { reference: String },
+    #[error("not enough space in {}: the pull needs {needed} more bytes, {available} are free; free space, run `tugboat cache gc`, or use a larger --cache volume", path.display())]
+    NoSpace {
+        path: PathBuf,
+        needed: u64,
+        available: u64,
+    },
+    #[error("give --dest DIR (where the model goes) and/or --cache DIR (the node cache)")]
+    NoTarget,
+}
+
+/// How a failure is reported to scripts (exit codes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The registry refused: not found, unauthorized, forbidden.
+    Refused,
+    /// The registry could not be reached or kept failing.
+    Network,
+    /// Bytes did not match their digest or size.
+    Integrity,
+    /// Local disk trouble: full, read-only, permissions.
+    Storage,
+    /// The request itself is wrong (bad input, unsupported artifact).
+    Input,
+}
+
+impl PullError {
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            PullError::Registry(e) if e.is_refusal() => FailureKind::Refused,
+            PullError::Registry(RegistryError::Config(_)) => FailureKind::Input,
+            PullError::Registry(RegistryError::Protocol { .. }) => FailureKind::Integrity,
+            PullError::Registry(_) => FailureKind::Network,
+            PullError::Cache(e) if e.is_integrity() => FailureKind::Integrity,
+            PullError::Cache(_) | PullError::NoSpace { .. } => FailureKind::Storage,
+            PullError::Materialize(MaterializeError::Cache(e)) if e.is_integrity() => {
+                FailureKind::Integrity
+            }
+            PullError::Materialize(MaterializeError::Cache(_)) => FailureKind::Storage,
+            PullError::Materialize(_) => FailureKind::Input,
+            PullError::ManifestMismatch { .. } | PullError::Truncated { .. } => {
+                FailureKind::Integrity
+            }
+            PullError::Artifact { .. } => FailureKind::Integrity,
+            PullError::NotCached { .. } => FailureKind::Refused,
+            PullError::NoTarget => FailureKind::Input,
+        }
+    }
+}
+
+/// Pulls a model into the cache and, if asked, into `dest`.
+pub async fn pull(
+    request: &PullRequest,
+    registry: &RegistryClient,
+    progress: &Progress,
+) -> Result<PullReport, PullError> {
+    let started = Instant::now();
+    let reference = &request.reference;
+    if let Some(report) = stamp_hit(request, started) {
+        return Ok(report);
+    }
+    let (cache, ephemeral) = match (&request.cache, &request.dest) {
+        (Some(root), _) => (Cache::open(root)?, false),
+        (None, Some(dest)) => (
+            Cache::open(materialize::stamp::work_dir(dest).join("cache"))?,
+            true,
+        ),
+        (None, None) => return Err(PullError::NoTarget),
+    };
+    let source = Source {
+        registry,
+        reference,
+        offline: request.policy == PullPolicy::Never,
+    };
+
+    let top_digest = resolve_digest(&cache, &source, request.policy).await?;
+    let (manifest_digest, manifest) = load_manifest(&cache, &source, &top_digest).await?;
+
+    let mut fetched = Fetched::default();
+    let (info, snapshot_dir, cache_hit) = match cache.snapshot(&manifest_digest)? {
+        Some(info) => {
+            fetched.reused = info.total_size();
+            (info, cache.snapshot_dir(&manifest_digest), true)
+        }
+        None => {
+            let plan = artifact::plan(&manifest, request.format).map_err(|source| {
+                PullError::Artifact {
+                    reference: reference.to_string(),
+                    source,
+                }
+            })?;
+            fetched = fetch_blobs(&cache, &source, &plan, request.concurrency, progress).await?;
+            let (info, dir) = build_snapshot(&cache, reference, &manifest_digest, &plan).await?;
+            (info, dir, false)
+        }
+    };
+
+    if let Some(dest) = &request.dest {
+        let stamp = Stamp {
+            reference: reference.to_string(),
+            digest: manifest_digest.clone(),
+            format: info.format.clone(),
+            files: info.files.clone(),
+            pulled_at: now(),
+        };
+        let (snapshot, files) = (snapshot_dir.clone(), info.files.clone());
+        let dest_owned = dest.clone();
+        tokio::task::spawn_blocking(move || {
+            materialize::install(&snapshot, &files, &dest_owned, &stamp)
+        })
+        .await
+        .expect("install task panicked")?;
+    }
+    if ephemeral {
+        crate::cache::remove_tree(cache.root())?;
+    }
+    Ok(PullReport {
+        reference: reference.to_string(),
+        digest: manifest_digest,
+        format: info.format.clone(),
+        dest: request.dest.clone(),
+        snapshot: (!ephemeral).then_some(snapshot_dir),
+        files: info.files,
+        bytes_fetched: fetched.fetched,
+        bytes_reused: fetched.reused,
+        seconds: started.elapsed().as_secs_f64(),
+        cache_hit,
+    })
+}
+
+/// The destination already holds this model (a restored PVC, a re-run init container).
+fn stamp_hit(request: &PullRequest, started: Instant) -> Option<PullReport> {
+    let dest = request.dest.as_ref()?;
+    let reference = &request.reference;
+    let stamp = Stamp::read(dest)?;
+    let same_model = match reference.digest() {
+        Some(digest) => &stamp.digest == digest,
+        None => request.policy != PullPolicy::Always && stamp.reference == reference.to_string(),
+    };
+    if !same_model {
+        return None;
+    }
+    if let Err(why) = stamp.check(dest, request.verify) {
+        tracing::warn!(dest = %dest.display(), %why, "destination no longer matches its stamp; pulling again");
+        return None;
+    }
+    tracing::info!(dest = %dest.display(), digest = %stamp.digest, "destination already holds the model");
+    let size = stamp.files.iter().map(|f| f.size).sum();
+    Some(PullReport {
+        reference: reference.to_string(),
+        digest: stamp.digest,
+        format: stamp.format,
+        dest: Some(dest.clone()),
+        snapshot: None,
+        files: stamp.files,
+        bytes_fetched: 0,
+        bytes_reused: size,
+        seconds: started.elapsed().as_secs_f64(),
+        cache_hit: true,
+    })
+}
+
+/// The registry, unless the policy forbids asking it.
+struct Source<'a> {
+    registry: &'a RegistryClient,
+    reference: &'a Reference,
+    offline: bool,
+}
+
+impl Source<'_> {
+    fn online(&self) -> Result<&RegistryClient, PullError> {
+        if self.offline {
+            Err(PullError::NotCached {
+                reference: self.reference.to_string(),
+            })
+        } else {
+            Ok(self.registry)
+        }
+    }
+}
+
+async fn resolve_digest(
+    cache: &Cache,
+    source: &Source<'_>,
+    policy: PullPolicy,
+) -> Result<Digest, PullError> {
+    let reference = source.reference;
+    if let Some(digest) = reference.digest() {
+        return Ok(digest.clone());
+    }
+    if policy != PullPolicy::Always {
+        if let Some(digest) = cache.tag(reference)? {
+            if cache.manifest(&digest)?.is_some() {
+                return Ok(digest);
+            }
+        }
+    }
+    let fetched = source.online()?.manifest(reference).await?;
+    let digest = cache.store_manifest(&fetched.bytes)?;
+    cache.store_tag(reference, &digest)?;
+    Ok(digest)
+}
+
+/// Reads (cache first) the manifest `digest` names; an index resolves to one of its manifests.
+async fn load_manifest(
+    cache: &Cache,
+    source: &Source<'_>,
+    digest: &Digest,
+) -> Result<(Digest, Manifest), PullError> {
+    let mut digest = digest.clone();
+    for _ in 0..2 {
+        let bytes = match cache.manifest(&digest)? {
+            Some(bytes) => bytes,
+            None => {
+                let fetched = source
+                    .online()?
+                    .manifest(&source.reference.with_digest(digest.clone()))
+                    .await?;
+                let actual = Digest::of_bytes(&fetched.bytes);
+                if actual != digest {
+                    return Err(PullError::ManifestMismatch {
+                        expected: digest,
+                        actual,
+                    });
+                }
+                cache.store_manifest(&fetched.bytes)?;
+                fetched.bytes.to_vec()
+            }
+        };
+        let label = source.reference.with_digest(digest.clone()).to_string();
+        let artifact_error = |error| PullError::Artifact {
+            reference: label.clone(),
+            source: error,
+        };
+        match artifact::manifest::parse(&bytes, None).map_err(artifact_error)? {
+            Parsed::Manifest(manifest) => return Ok((digest, *manifest)),
+            Parsed::Index(entries) => {
+                let chosen = artifact::manifest::select_from_index(&entries).ok_or_else(|| {
+                    artifact_error(ArtifactError::Malformed {
+                        detail: "the image index lists no manifests".into(),
+                    })
+                })?;
+                if chosen.digest == digest {
+                    return Err(artifact_error(ArtifactError::Malformed {
+                        detail: "the image index lists itself".into(),
+                    }));
+                }
+                tracing::debug!(index = %digest, manifest = %chosen.digest, "index resolved");
+                digest = chosen.digest.clone();
+            }
+        }
+    }
+    Err(PullError::Artifact {
+        reference: source.reference.to_string(),
+        source: ArtifactError::Malformed {
+            detail: "an image index points to another index; nested indexes are not followed"
+                .into(),
+        },
+    })
+}
+
+#[derive(Default, Clone, Copy)]
+struct Fetched {
+    fetched: u64,
+    reused: u64,
+}
+
+async fn fetch_blobs(
+    cache: &Cache,
+    source: &Source<'_>,
+    plan: &Plan,
+    concurrency: usize,
+    progress: &Progress,
+) -> Result<Fetched, PullError> {
+    let mut blobs: Vec<&artifact::Descriptor> = Vec::new();
+    for entry in &plan.entries {
+        if !blobs.iter().any(|b| b.digest == entry.blob.digest) {
+            blobs.push(&entry.blob);
+        }
+    }
+    // Largest first, so the long download starts at once.
+    blobs.sort_by_key(|b| std::cmp::Reverse(b.size));
+    check_space(cache, &blobs)?;
+    let totals = futures_util::stream::iter(blobs)
+        .map(|blob| fetch_blob(cache, source, blob, progress))
+        .buffer_unordered(concurrency.max(1))
+        .try_fold(Fetched::default(), |acc, one| async move {
+            Ok(Fetched {
+                fetched: acc.fetched + one.fetched,
+                reused: acc.reused + one.reused,
+            })
+        })
+        .await?;
+    Ok(totals)
+}
+
+/// Refuses to start a download the cache filesystem cannot hold.
+fn check_space(cache: &Cache, blobs: &[&artifact::Descriptor]) -> Result<(), PullError> {
+    let mut needed = 0u64;
+    for blob in blobs {
+        if !cache.has_blob(&blob.digest, blob.size)? {
+            needed = needed.saturating_add(blob.size);
+        }
+    }
+    if needed == 0 {
+        return Ok(());
+    }
+    let path = cache.root().to_path_buf();
+    let stat = nix::sys::statvfs::statvfs(&path).map_err(|e| CacheError::io(&path, e.into()))?;
+    let available = (stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64);
+    if needed > available {
+        return Err(PullError::NoSpace {
+            path,
+            needed,
+            available,
+        });
+    }
+    Ok(())
+}
+
+async fn fetch_blob(
+    cache: &Cache,
+    source: &Source<'_>,
+    blob: &artifact::Descriptor,
+    progress: &Progress,
+) -> Result<Fetched, PullError> {
+    let digest = &blob.digest;
+    let mut writer = match cache.ingest(digest, blob.size).await? {
+        Ingest::Present => {
+            return Ok(Fetched {
+                fetched: 0,
+                reused: blob.size,
+            })
+        }
+        Ingest::Needed(writer) => writer,
+    };
+    let registry = match source.online() {
+        Ok(registry) => registry,
+        Err(e) => {
+            writer.suspend().await?;
+            return Err(e);
+        }
+    };
+    let label = blob
+        .annotations
+        .get(artifact::oras::TITLE)
+        .cloned()
+        .unwrap_or_else(|| digest.hex()[..12].to_string());
+    let mut bar = progress.blob(&label, blob.size, writer.offset());
+    let mut fetched = 0u64;
+    let mut attempt = 1;
+    loop {
+        let outcome = download_body(
+            source.reference,
+            registry,
+            &mut writer,
+            &mut bar,
+            &mut fetched,
+        )
+        .await;
+        let error = match outcome {
+            Ok(()) if writer.offset() == blob.size => break,
+            Ok(()) => RegistryError::Network {
+                registry: source.reference.registry().to_string(),
+                what: format!("blob {digest}"),
+                attempts: attempt,
+                detail: format!(
+                    "the body ended after {} of {} bytes",
+                    writer.offset(),
+                    blob.size
+                ),
+            },
+            Err(PullError::Registry(RegistryError::Status { status: 416, .. })) => {
+                let available = writer.offset();
+                writer.abandon().await;
+                return Err(PullError::Truncated {
+                    digest: digest.clone(),
+                    expected: blob.size,
+                    available,
+                });
+            }
+            Err(PullError::Registry(e)) if e.is_transient() => e,
+            Err(e) => {
+                writer.suspend().await.ok();
+                return Err(e);
+            }
+        };
+        if attempt >= BODY_ATTEMPTS {
+            writer.suspend().await.ok();
+            return Err(error.into());
+        }
+        tracing::warn!(%digest, offset = writer.offset(), %error, "download interrupted; resuming");
+        tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(attempt))).await;
+        attempt += 1;
+    }
+    writer.commit().await?;
+    bar.finish();
+    Ok(Fetched { fetched, reused: 0 })
+}
+
+/// One request's worth of body, appended to the writer from its current offset.
+async fn download_body(
+    reference: &Reference,
+    registry: &RegistryClient,
+    writer: &mut crate::cache::BlobWriter,
+    bar: &mut crate::progress::BlobProgress,
+    fetched: &mut u64,
+) -> Result<(), PullError> {
+    let offset = writer.offset();
+    let mut body = registry.blob(reference, writer.digest(), offset).await?;
+    if offset > 0 && !body.resumed {
+        tracing::info!(digest = %writer.digest(), "registry ignored the Range request; downloading from the start");
+        writer.restart().await?;
+        bar.reset();
+    }
+    while let Some(chunk) = body.stream.next().await {
+        let chunk = chunk?;
+        let n = chunk.len() as u64;
+        writer.write(chunk).await?;
+        *fetched += n;
+        bar.advance(n);
+    }
+    Ok(())
+}
+
+async fn build_snapshot(
+    cache: &Cache,
+    reference: &Reference,
+    manifest_digest: &Digest,
+    plan: &Plan,
+) -> Result<(SnapshotInfo, PathBuf), PullError> {
+    match cache.snapshot_slot(manifest_digest).await? {
+        SnapshotSlot::Ready(info) => Ok((info, cache.snapshot_dir(manifest_digest))),
+        SnapshotSlot::Build(builder) => {
+            let (cache, plan, reference, digest) = (
+                cache.clone(),
+                plan.clone(),
+                reference.to_string(),
+                manifest_digest.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                let files = materialize::build_tree(&plan, &cache, builder.dir())?;
+                let info = SnapshotInfo {
+                    reference,
+                    digest,
+                    format: plan.format.name().to_string(),
+                    files,
+                    created: now(),
+                };
+                let dir = builder.commit(&info)?;
+                Ok((info, dir))
+            })
+            .await
+            .expect("snapshot task panicked")
+        }
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,528 @@
+//! The distribution API calls tugboat makes (manifests, blobs with Range, uploads), each with
+//! retries and backoff on transient failures, mirror fallback, and errors mapped to what the
+//! user should check.
+
+use super::auth::Authorizer;
+use super::endpoint::{Endpoint, EndpointPolicy};
+use super::error::RegistryError;
+use super::retry::Backoff;
+use crate::digest::Digest;
+use crate::reference::Reference;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use reqwest::header::{HeaderMap, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RANGE};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::Duration;
+
+/// Manifests larger than this are refused (the distribution spec's recommended limit).
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Media types accepted for manifests and indexes.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json, \
+application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Everything needed to build a client, from the command line or a CSI request.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryOptions {
+    pub endpoints: EndpointPolicy,
+    pub ca_file: Option<PathBuf>,
+    pub credentials: super::credentials::CredentialStore,
+    /// Attempts per request for transient failures (429, 5xx, connection loss).
+    pub max_attempts: u32,
+}
+
+/// Raw manifest bytes as served.
+pub struct FetchedManifest {
+    pub bytes: Bytes,
+    pub media_type: Option<String>,
+}
+
+/// A blob body, possibly starting at an offset (`resumed`).
+pub struct BlobBody {
+    /// The registry honoured the Range request (206); otherwise the body starts at byte 0.
+    pub resumed: bool,
+    pub content_length: Option<u64>,
+    pub stream: Pin<Box<dyn Stream<Item = Result<Bytes, RegistryError>> + Send>>,
+}
+
+pub struct RegistryClient {
+    verified: reqwest::Client,
+    unverified: reqwest::Client,
+    authorizer: Authorizer,
+    policy: EndpointPolicy,
+    max_attempts: u32,
+}
+
+impl RegistryClient {
+    pub fn new(options: RegistryOptions) -> Result<Self, RegistryError> {
+        let mut roots = Vec::new();
+        let mut oci_roots = Vec::new();
+        if let Some(path) = &options.ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                RegistryError::Config(format!("cannot read --ca-file {}: {e}", path.display()))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                RegistryError::Config(format!(
+                    "--ca-file {}: not PEM certificates: {e}",
+                    path.display()
+                ))
+            })?;
+            if certs.is_empty() {
+                return Err(RegistryError::Config(format!(
+                    "--ca-file {}: no certificate found",
+                    path.display()
+                )));
+            }
+            roots = certs;
+            oci_roots.push(oci_client::client::Certificate {
+                encoding: oci_client::client::CertificateEncoding::Pem,
+                data: pem,
+            });
+        }
+        let build = |accept_invalid: bool| {
+            let mut builder = reqwest::Client::builder()
+                .user_agent(concat!("tugboat/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(Duration::from_secs(15))
+                .read_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(32)
+                .tls_danger_accept_invalid_certs(accept_invalid);
+            for cert in &roots {
+                builder = builder.add_root_certificate(cert.clone());
+            }
+            builder
+                .build()
+                .map_err(|e| RegistryError::Config(format!("cannot build HTTP client: {e}")))
+        };
+        let plain_hosts = options.endpoints.insecure_hosts.clone();
+        Ok(RegistryClient {
+            verified: build(false)?,
+            unverified: build(true)?,
+            authorizer: Authorizer::new(
+                options.credentials,
+                plain_hosts,
+                options.endpoints.plain_http,
+                oci_roots,
+            ),
+            policy: options.endpoints,
+            max_attempts: options.max_attempts.max(1),
+        })
+    }
+
+    /// Fetches a manifest or index by tag or digest (mirrors first), refusing oversize bodies.
+    pub async fn manifest(&self, reference: &Reference) -> Result<FetchedManifest, RegistryError> {
+        let path = format!(
+            "/v2/{}/manifests/{}",
+            reference.repository(),
+            reference.manifest_reference()
+        );
+        let what = format!("manifest {reference}");
+        self.with_fallback(reference, |endpoint| {
+            let path = path.clone();
+            let what = what.clone();
+            async move {
+                let response = self
+                    .send(&endpoint, reference.repository(), false, &what, |c| {
+                        c.get(endpoint.url(&path)).header(ACCEPT, MANIFEST_ACCEPT)
+                    })
+                    .await?;
+                let media_type = header_str(response.headers(), CONTENT_TYPE.as_str());
+                let bytes = read_limited(response, MAX_MANIFEST_BYTES, &endpoint, &what).await?;
+                Ok(FetchedManifest { bytes, media_type })
+            }
+        })
+        .await
+    }
+
+    /// Resolves a tag to a digest with a HEAD request; `None` when the registry omits the header.
+    pub async fn manifest_digest(
+        &self,
+        reference: &Reference,
+    ) -> Result<Option<Digest>, RegistryError> {
+        let path = format!(
+            "/v2/{}/manifests/{}",
+            reference.repository(),
+            reference.manifest_reference()
+        );
+        let what = format!("manifest {reference}");
+        self.with_fallback(reference, |endpoint| {
+            let path = path.clone();
+            let what = what.clone();
+            async move {
+                let response = self
+                    .send(&endpoint, reference.repository(), false, &what, |c| {
+                        c.head(endpoint.url(&path)).header(ACCEPT, MANIFEST_ACCEPT)
+                    })
+                    .await?;
+                Ok(header_str(response.headers(), "docker-content-digest")
+                    .and_then(|d| d.parse().ok()))
+            }
+        })
+        .await
+    }
+
+    /// Streams a blob from `offset` (a Range request when non-zero; mirrors first).
+    pub async fn blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<BlobBody, RegistryError> {
+        let path = format!("/v2/{}/blobs/{digest}", reference.repository());
+        let what = format!("blob {digest}");
+        self.with_fallback(reference, |endpoint| {
+            let path = path.clone();
+            let what = what.clone();
+            async move {
+                let response = self
+                    .send(&endpoint, reference.repository(), false, &what, |c| {
+                        let request = c.get(endpoint.url(&path));
+                        if offset > 0 {
+                            request.header(RANGE, format!("bytes={offset}-"))
+                        } else {
+                            request
+                        }
+                    })
+                    .await?;
+                let resumed = response.status() == StatusCode::PARTIAL_CONTENT;
+                let content_length = response.content_length();
+                let registry = endpoint.host.clone();
+                let stream = response
+                    .bytes_stream()
+                    .map_err(move |e| RegistryError::Network {
+                        registry: registry.clone(),
+                        what: what.clone(),
+                        attempts: 1,
+                        detail: describe_reqwest_error(&e),
+                    });
+                Ok(BlobBody {
+                    resumed,
+                    content_length,
+                    stream: Box::pin(stream),
+                })
+            }
+        })
+        .await
+    }
+
+    /// Whether the repository already holds a blob (skips re-uploading it).
+    pub async fn blob_exists(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        let endpoint = self.origin(reference);
+        let url = endpoint.url(&format!("/v2/{}/blobs/{digest}", reference.repository()));
+        let what = format!("blob {digest}");
+        match self
+            .send(&endpoint, reference.repository(), true, &what, |c| {
+                c.head(&url)
+            })
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(RegistryError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Uploads a file as one blob (POST then a monolithic PUT with the digest).
+    pub async fn push_blob_file(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        size: u64,
+        path: &Path,
+    ) -> Result<(), RegistryError> {
+        let endpoint = self.origin(reference);
+        let what = format!("upload of blob {digest}");
+        let start_url = endpoint.url(&format!("/v2/{}/blobs/uploads/", reference.repository()));
+        let started = self
+            .send(&endpoint, reference.repository(), true, &what, |c| {
+                c.post(&start_url).header(CONTENT_LENGTH, "0")
+            })
+            .await?;
+        let location = header_str(started.headers(), LOCATION.as_str()).ok_or_else(|| {
+            RegistryError::Protocol {
+                registry: endpoint.host.clone(),
+                what: what.clone(),
+                detail: "upload started without a Location header".into(),
+            }
+        })?;
+        let mut upload_url = url::Url::parse(&endpoint.base_url())
+            .and_then(|base| base.join(&location))
+            .map_err(|e| RegistryError::Protocol {
+                registry: endpoint.host.clone(),
+                what: what.clone(),
+                detail: format!("bad upload Location {location:?}: {e}"),
+            })?;
+        upload_url
+            .query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
+        let path = path.to_path_buf();
+        self.send(&endpoint, reference.repository(), true, &what, |c| {
+            let body = match std::fs::File::open(&path) {
+                Ok(file) => {
+                    reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+                        tokio::fs::File::from_std(file),
+                        1 << 20,
+                    ))
+                }
+                Err(_) => reqwest::Body::from(Vec::new()),
+            };
+            c.put(upload_url.clone())
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .header(CONTENT_LENGTH, size)
+                .body(body)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Uploads a manifest under `reference`'s tag; returns the digest of the bytes sent.
+    pub async fn push_manifest(
+        &self,
+        reference: &Reference,
+        bytes: Bytes,
+        media_type: &str,
+    ) -> Result<Digest, RegistryError> {
+        let endpoint = self.origin(reference);
+        let url = endpoint.url(&format!(
+            "/v2/{}/manifests/{}",
+            reference.repository(),
+            reference.manifest_reference()
+        ));
+        let what = format!("manifest {reference}");
+        self.send(&endpoint, reference.repository(), true, &what, |c| {
+            c.put(&url)
+                .header(CONTENT_TYPE, media_type)
+                .body(bytes.clone())
+        })
+        .await?;
+        Ok(Digest::of_bytes(&bytes))
+    }
+
+    fn origin(&self, reference: &Reference) -> Endpoint {
+        self.policy
+            .endpoints(reference.registry(), reference.api_host())
+            .pop()
+            .expect("the origin is always the last endpoint")
+    }
+
+    /// Runs `call` against each mirror, then the origin; the first success wins.
+    async fn with_fallback<T, F, Fut>(
+        &self,
+        reference: &Reference,
+        call: F,
+    ) -> Result<T, RegistryError>
+    where
+        F: Fn(Endpoint) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
+        let endpoints = self
+            .policy
+            .endpoints(reference.registry(), reference.api_host());
+        let last = endpoints.len() - 1;
+        for (i, endpoint) in endpoints.into_iter().enumerate() {
+            let mirror = endpoint.mirror_of.is_some();
+            let host = endpoint.host.clone();
+            match call(endpoint).await {
+                Ok(value) => return Ok(value),
+                Err(e) if i < last && mirror => {
+                    tracing::warn!(mirror = %host, error = %e, "mirror failed; falling back to the next endpoint");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the origin endpoint returns")
+    }
+
+    /// Sends a request built by `build`, with authorization, retries and status mapping.
+    async fn send(
+        &self,
+        endpoint: &Endpoint,
+        repository: &str,
+        push: bool,
+        what: &str,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<Response, RegistryError> {
+        let http = if endpoint.insecure {
+            &self.unverified
+        } else {
+            &self.verified
+        };
+        let mut backoff = Backoff::new(self.max_attempts);
+        let mut reauthorized = false;
+        loop {
+            let attempt = backoff.attempt();
+            // Mirrors are spoken to anonymously: origin credentials never leave for another host.
+            let auth = match endpoint.mirror_of {
+                Some(_) => Ok(None),
+                None => self.authorizer.header(endpoint, repository, push).await,
+            };
+            let auth = match auth {
+                Ok(auth) => auth,
+                Err(e) if e.is_transient() => match backoff.next_delay(None) {
+                    Some(delay) => {
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    None => return Err(e),
+                },
+                Err(e) => return Err(e),
+            };
+            let mut request = build(http);
+            if let Some(value) = auth {
+                request = request.header(reqwest::header::AUTHORIZATION, value);
+            }
+            let outcome = request.send().await;
+            let response = match outcome {
+                Ok(response) => response,
+                Err(e) => {
+                    let error = RegistryError::Network {
+                        registry: endpoint.host.clone(),
+                        what: what.to_string(),
+                        attempts: attempt,
+                        detail: describe_reqwest_error(&e),
+                    };
+                    match backoff.next_delay(None) {
+                        Some(delay) => {
+                            tracing::debug!(%error, ?delay, "retrying");
+                            tokio::time::sleep(delay).await;
+                            continue;
+                        }
+                        None => return Err(error),
+                    }
+                }
+            };
+            let status = response.status();
+            if status.is_success() {
+                return Ok(response);
+            }
+            match status {
+                StatusCode::UNAUTHORIZED if !reauthorized => {
+                    reauthorized = true;
+                    self.authorizer.invalidate(endpoint, repository, push).await;
+                    continue;
+                }
+                StatusCode::UNAUTHORIZED => {
+                    let has_credentials = self.authorizer.credentials_for(&endpoint.host).is_some();
+                    return Err(RegistryError::Unauthorized {
+                        registry: endpoint.host.clone(),
+                        repository: repository.to_string(),
+                        detail: if has_credentials {
+                            "HTTP 401 with the configured credentials".into()
+                        } else {
+                            "HTTP 401 and no credentials are configured for this registry".into()
+                        },
+                    });
+                }
+                StatusCode::FORBIDDEN => {
+                    return Err(RegistryError::Forbidden {
+                        registry: endpoint.host.clone(),
+                        repository: repository.to_string(),
+                    })
+                }
+                StatusCode::NOT_FOUND => {
+                    return Err(RegistryError::NotFound {
+                        registry: endpoint.host.clone(),
+                        what: format!("{what} in {repository}"),
+                    })
+                }
+                _ => {}
+            }
+            let retry_after = retry_after(response.headers());
+            let detail = error_detail(response).await;
+            let error = RegistryError::Status {
+                registry: endpoint.host.clone(),
+                what: what.to_string(),
+                status: status.as_u16(),
+                attempts: attempt,
+                detail,
+            };
+            if !error.is_transient() {
+                return Err(error);
+            }
+            match backoff.next_delay(retry_after) {
+                Some(delay) => {
+                    tracing::debug!(%error, ?delay, "retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                None => return Err(error),
+            }
+        }
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// `Retry-After: <seconds>`, capped so a hostile registry cannot park us for hours.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let seconds: u64 = header_str(headers, "retry-after")?.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds.min(60)))
+}
+
+/// A short, printable summary of an error body (registries send JSON error envelopes).
+async fn error_detail(response: Response) -> String {
+    let body = response.bytes().await.unwrap_or_default();
+    let text: String = String::from_utf8_lossy(&body[..body.len().min(300)])
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    if text.trim().is_empty() {
+        String::new()
+    } else {
+        format!(": {}", text.trim())
+    }
+}
+
+async fn read_limited(
+    response: Response,
+    limit: usize,
+    endpoint: &Endpoint,
+    what: &str,
+) -> Result<Bytes, RegistryError> {
+    let too_big = || RegistryError::Protocol {
+        registry: endpoint.host.clone(),
+        what: what.to_string(),
+        detail: format!("body larger than {limit} bytes"),
+    };
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_big());
+    }
+    let mut stream = response.bytes_stream();
+    let mut buffer = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| RegistryError::Network {
+            registry: endpoint.host.clone(),
+            what: what.to_string(),
+            attempts: 1,
+            detail: describe_reqwest_error(&e),
+        })?;
+        if buffer.len() + chunk.len() > limit {
+            return Err(too_big());
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buffer))
+}
+
+/// reqwest's Display hides the cause; walk the chain for something a person can act on.
+pub fn describe_reqwest_error(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

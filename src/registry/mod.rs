@@ -1,0 +1,16 @@
+//! The OCI distribution client: authentication (anonymous, basic, bearer tokens), mirrors,
+//! retries and ranged blob reads. It knows nothing of the cache or of CSI.
+
+mod auth;
+mod client;
+pub mod credentials;
+pub mod endpoint;
+mod error;
+mod retry;
+
+pub use client::{
+    BlobBody, FetchedManifest, RegistryClient, RegistryOptions, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES,
+};
+pub use credentials::{CredentialStore, Credentials};
+pub use endpoint::EndpointPolicy;
+pub use error::RegistryError;
