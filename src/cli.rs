@@ -1,5 +1,10 @@
 //! Command-line definitions and the glue from each subcommand to the library.
 
+mod cache;
+mod formats;
+mod node;
+mod warm;
+
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
@@ -56,9 +61,26 @@ tugboat pull REF --dest /models --pull-policy Never   # fail unless cached"
         after_help = "Example:\n  tugboat push ./tinyllama harbor.example.com/ml-models/tinyllama:v1 --annotation org.cnai.model.name=tinyllama"
     )]
     Push(PushArgs),
+    /// Show an artifact's format, model metadata, files and what a pull would fetch, reading
+    /// only its manifest and config.
+    #[command(
+        after_help = "Examples:\n  tugboat inspect harbor.example.com/ml-models/tinyllama:v1\n  \
+tugboat inspect REF --only weights --json"
+    )]
+    Inspect(formats::InspectArgs),
+    /// Run the CSI node plugin: mount models into pods as read-only volumes.
+    #[command(
+        after_help = "Example (a DaemonSet container):\n  tugboat node --csi-endpoint unix:///csi/csi.sock --node-id $NODE_NAME --cache /var/lib/tugboat"
+    )]
+    Node(node::NodeArgs),
+    /// Pull every model of a warm list into the cache once, then exit (a Job's work).
+    #[command(
+        after_help = "Example:\n  tugboat warm /etc/tugboat/warm.yaml --cache /var/lib/tugboat"
+    )]
+    Warm(warm::WarmArgs),
     /// Inspect and maintain the on-node cache.
     #[command(subcommand)]
-    Cache(CacheCommand),
+    Cache(cache::CacheCommand),
     /// Print the version.
     Version,
 }
@@ -83,6 +105,10 @@ struct PullArgs {
     /// Packaging format; detected from the manifest when not given.
     #[arg(long, env = "TUGBOAT_FORMAT", default_value = "auto")]
     format: FormatChoice,
+    #[command(flatten)]
+    select: formats::SelectArgs,
+    #[command(flatten)]
+    limits: formats::LimitArgs,
     /// Blobs downloaded at once.
     #[arg(long, env = "TUGBOAT_CONCURRENCY", default_value_t = 4)]
     concurrency: usize,
@@ -134,18 +160,6 @@ struct PushArgs {
     json: bool,
     #[command(flatten)]
     registry: RegistryArgs,
-}
-
-#[derive(Subcommand)]
-enum CacheCommand {
-    /// List the models held in the cache.
-    Ls {
-        #[arg(long, env = "TUGBOAT_CACHE", default_value = "/var/lib/tugboat")]
-        cache: PathBuf,
-        /// One JSON array on stdout.
-        #[arg(long)]
-        json: bool,
-    },
 }
 
 /// Flags shared by every command that talks to a registry.
@@ -250,7 +264,10 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Pull(args) => pull(args).await,
         Command::Push(args) => push(args).await,
-        Command::Cache(CacheCommand::Ls { cache, json }) => cache_ls(&cache, json),
+        Command::Inspect(args) => formats::inspect(args).await,
+        Command::Node(args) => node::run(args).await,
+        Command::Cache(command) => cache::run(command),
+        Command::Warm(args) => warm::run(args).await,
         Command::Version => {
             println!("tugboat {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -274,6 +291,7 @@ async fn pull(args: PullArgs) -> Result<(), Failure> {
         verify: args.verify,
         concurrency: args.concurrency,
         format: args.format.forced(),
+        layout: args.limits.layout(&args.select)?,
     };
     let progress = Progress::for_terminal(args.json);
     let report = tugboat::pull::pull(&request, &client, &progress)
@@ -369,36 +387,7 @@ async fn push(args: PushArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn cache_ls(root: &std::path::Path, json: bool) -> Result<(), Failure> {
-    let cache =
-        tugboat::cache::Cache::open(root).map_err(|e| Failure::new(exit::STORAGE, e.into()))?;
-    let snapshots = cache
-        .snapshots()
-        .map_err(|e| Failure::new(exit::STORAGE, e.into()))?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string(&snapshots).context("serialising")?
-        );
-        return Ok(());
-    }
-    println!(
-        "{:<60} {:<20} {:>6} {:>10}",
-        "REFERENCE", "DIGEST", "FILES", "SIZE"
-    );
-    for info in snapshots {
-        println!(
-            "{:<60} {:<20} {:>6} {:>10}",
-            info.reference,
-            &info.digest.to_string()[..19],
-            info.files.len(),
-            human_bytes(info.total_size())
-        );
-    }
-    Ok(())
-}
-
-fn human_bytes(bytes: u64) -> String {
+pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;

@@ -35,6 +35,22 @@ impl Digest {
         Self::from_hasher(hasher)
     }
 
+    /// Streams a file through sha256.
+    pub fn of_file(path: &std::path::Path) -> std::io::Result<Self> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(path)?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buffer)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+        }
+        Ok(Self::from_hasher(hasher))
+    }
+
     /// The 64-character hex part, used as a file name in the cache.
     pub fn hex(&self) -> &str {
         &self.hex

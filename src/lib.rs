@@ -4,11 +4,16 @@
 
 pub mod artifact;
 pub mod cache;
+pub mod csi;
 pub mod digest;
+pub mod inspect;
 pub mod materialize;
+pub mod node;
 pub mod progress;
 pub mod pull;
 pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod safe_path;
+pub mod tenancy;
+pub mod warm;

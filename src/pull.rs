@@ -7,9 +7,11 @@ use crate::digest::Digest;
 use crate::materialize::{self, MaterializeError, Stamp};
 use crate::progress::Progress;
 use crate::reference::Reference;
-use crate::registry::{RegistryClient, RegistryError};
+use crate::registry::{FetchedManifest, RegistryClient, RegistryError};
+use crate::tenancy;
 use futures_util::{StreamExt, TryStreamExt};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// When to contact the registry, as for Kubernetes images.
@@ -40,6 +42,33 @@ pub struct PullRequest {
     pub verify: bool,
     pub concurrency: usize,
     pub format: Option<Format>,
+    /// What part of the model to take, and how far its archives may expand.
+    pub layout: Layout,
+}
+
+/// `--subpath`/`--include`/`--exclude`/`--only` and the unpacking limits of one pull.
+#[derive(Clone, Debug, Default)]
+pub struct Layout {
+    pub selection: artifact::Selection,
+    pub limits: materialize::Limits,
+}
+
+impl PullRequest {
+    /// The snapshot this request materialises: the manifest digest itself for the whole
+    /// model in its detected format, else a digest derived from the manifest and the choice.
+    pub fn snapshot_id(&self, manifest: &Digest) -> Digest {
+        let key = self.layout.selection.key();
+        match (self.format, key.is_empty()) {
+            (None, true) => manifest.clone(),
+            (format, _) => Digest::of_bytes(
+                format!(
+                    "{manifest}\nformat={};{key}",
+                    format.map_or("auto", |f| f.name())
+                )
+                .as_bytes(),
+            ),
+        }
+    }
 }
 
 /// The summary `--json` prints.
@@ -93,6 +122,14 @@ pub enum PullError {
     },
     #[error("give --dest DIR (where the model goes) and/or --cache DIR (the node cache)")]
     NoTarget,
+    #[error("{reference} is private in the node cache, and the registry did not confirm that these credentials may read it: {source}")]
+    PrivateDenied {
+        reference: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("{reference} is private in the node cache and --pull-policy Never forbids asking the registry whether these credentials may read it")]
+    PrivateOffline { reference: String },
 }
 
 /// How a failure is reported to scripts (exit codes).
@@ -130,6 +167,10 @@ impl PullError {
             PullError::Artifact { .. } => FailureKind::Integrity,
             PullError::NotCached { .. } => FailureKind::Refused,
             PullError::NoTarget => FailureKind::Input,
+            PullError::PrivateDenied { source, .. } if !source.is_refusal() => FailureKind::Network,
+            PullError::PrivateDenied { .. } | PullError::PrivateOffline { .. } => {
+                FailureKind::Refused
+            }
         }
     }
 }
@@ -157,30 +198,49 @@ pub async fn pull(
         registry,
         reference,
         offline: request.policy == PullPolicy::Never,
+        fetched_manifest: AtomicBool::new(false),
     };
 
     let top_digest = resolve_digest(&cache, &source, request.policy).await?;
     let (manifest_digest, manifest) = load_manifest(&cache, &source, &top_digest).await?;
+    if !ephemeral {
+        note_registry_access(&cache, &source, &manifest_digest).await?;
+    }
 
     let mut fetched = Fetched::default();
-    let (info, snapshot_dir, cache_hit) = match cache.snapshot(&manifest_digest)? {
+    let snapshot_id = request.snapshot_id(&manifest_digest);
+    let mut existing = cache.snapshot(&snapshot_id)?;
+    if request.verify {
+        if let Some(info) = existing.take() {
+            existing = verified_snapshot(&cache, info).await?;
+        }
+    }
+    let (info, snapshot_dir, cache_hit) = match existing {
         Some(info) => {
             fetched.reused = info.total_size();
-            (info, cache.snapshot_dir(&manifest_digest), true)
+            (info, cache.snapshot_dir(&snapshot_id), true)
         }
         None => {
-            let plan = artifact::plan(&manifest, request.format).map_err(|source| {
-                PullError::Artifact {
-                    reference: reference.to_string(),
-                    source,
-                }
-            })?;
+            let plan =
+                artifact::plan_selected(&manifest, request.format, &request.layout.selection)
+                    .map_err(|source| PullError::Artifact {
+                        reference: reference.to_string(),
+                        source,
+                    })?;
             fetched = fetch_blobs(&cache, &source, &plan, request.concurrency, progress).await?;
-            let (info, dir) = build_snapshot(&cache, reference, &manifest_digest, &plan).await?;
+            let limits = request.layout.limits;
+            let (info, dir) =
+                build_snapshot(&cache, reference, &snapshot_id, &plan, limits).await?;
             (info, dir, false)
         }
     };
 
+    if !ephemeral {
+        ensure_cached_access(&cache, &source, &manifest_digest).await?;
+    }
+    if !ephemeral {
+        cache.touch_snapshot(&snapshot_id);
+    }
     if let Some(dest) = &request.dest {
         let stamp = Stamp {
             reference: reference.to_string(),
@@ -188,6 +248,7 @@ pub async fn pull(
             format: info.format.clone(),
             files: info.files.clone(),
             pulled_at: now(),
+            snapshot: (snapshot_id != manifest_digest).then(|| snapshot_id.clone()),
         };
         let (snapshot, files) = (snapshot_dir.clone(), info.files.clone());
         let dest_owned = dest.clone();
@@ -223,7 +284,9 @@ fn stamp_hit(request: &PullRequest, started: Instant) -> Option<PullReport> {
         Some(digest) => &stamp.digest == digest,
         None => request.policy != PullPolicy::Always && stamp.reference == reference.to_string(),
     };
-    if !same_model {
+    let same_choice =
+        stamp.snapshot.as_ref().unwrap_or(&stamp.digest) == &request.snapshot_id(&stamp.digest);
+    if !same_model || !same_choice {
         return None;
     }
     if let Err(why) = stamp.check(dest, request.verify) {
@@ -246,11 +309,43 @@ fn stamp_hit(request: &PullRequest, started: Instant) -> Option<PullReport> {
     })
 }
 
+/// Re-hashes a snapshot's files (`--verify`). A file that no longer matches its digest takes
+/// its blob and the snapshot with it, so the pull fetches and rebuilds them.
+async fn verified_snapshot(
+    cache: &Cache,
+    info: SnapshotInfo,
+) -> Result<Option<SnapshotInfo>, PullError> {
+    let cache = cache.clone();
+    tokio::task::spawn_blocking(move || {
+        let dir = cache.snapshot_dir(&info.digest);
+        let mut damaged = Vec::new();
+        for file in &info.files {
+            let path = file.path.under(&dir);
+            if Digest::of_file(&path).ok().as_ref() != Some(&file.digest) {
+                damaged.push(file.digest.clone());
+            }
+        }
+        if damaged.is_empty() {
+            return Ok(Some(info));
+        }
+        tracing::warn!(snapshot = %info.digest, files = damaged.len(), "cached files no longer match their digests; fetching them again");
+        for digest in &damaged {
+            cache.remove_blob_if_corrupt(digest)?;
+        }
+        cache.remove_snapshot(&info.digest)?;
+        Ok(None)
+    })
+    .await
+    .expect("verify task panicked")
+}
+
 /// The registry, unless the policy forbids asking it.
 struct Source<'a> {
     registry: &'a RegistryClient,
     reference: &'a Reference,
     offline: bool,
+    /// The registry served a manifest to this request's credentials (so it may read the model).
+    fetched_manifest: AtomicBool,
 }
 
 impl Source<'_> {
@@ -263,6 +358,51 @@ impl Source<'_> {
             Ok(self.registry)
         }
     }
+
+    async fn manifest(&self, reference: &Reference) -> Result<FetchedManifest, PullError> {
+        let fetched = self.online()?.manifest(reference).await?;
+        self.fetched_manifest.store(true, Ordering::Relaxed);
+        Ok(fetched)
+    }
+}
+
+/// Tenancy, first half: when this request's credentials fetched the manifest, remember that
+/// they may read it, and mark the model private if the registry would not serve it anonymously
+/// (before any blob lands, so no other request can find the bytes unmarked).
+async fn note_registry_access(
+    cache: &Cache,
+    source: &Source<'_>,
+    manifest: &Digest,
+) -> Result<(), PullError> {
+    if !source.fetched_manifest.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let pinned = source.reference.with_digest(manifest.clone());
+    tenancy::remember(source.registry, &pinned);
+    tenancy::mark_if_private(cache, source.registry, &pinned).await?;
+    Ok(())
+}
+
+/// Tenancy, second half: a private model this request took from the cache (without the
+/// registry serving it the manifest) is handed over only once the registry confirms these
+/// credentials may read it. Checked after the snapshot exists, so a model marked private while
+/// this request was running is caught too.
+async fn ensure_cached_access(
+    cache: &Cache,
+    source: &Source<'_>,
+    manifest: &Digest,
+) -> Result<(), PullError> {
+    if source.fetched_manifest.load(Ordering::Relaxed) || !cache.is_private(manifest)? {
+        return Ok(());
+    }
+    let reference = source.reference.to_string();
+    if source.offline {
+        return Err(PullError::PrivateOffline { reference });
+    }
+    let pinned = source.reference.with_digest(manifest.clone());
+    tenancy::confirm_access(source.registry, &pinned)
+        .await
+        .map_err(|source| PullError::PrivateDenied { reference, source })
 }
 
 async fn resolve_digest(
@@ -281,7 +421,7 @@ async fn resolve_digest(
             }
         }
     }
-    let fetched = source.online()?.manifest(reference).await?;
+    let fetched = source.manifest(reference).await?;
     let digest = cache.store_manifest(&fetched.bytes)?;
     cache.store_tag(reference, &digest)?;
     Ok(digest)
@@ -299,7 +439,6 @@ async fn load_manifest(
             Some(bytes) => bytes,
             None => {
                 let fetched = source
-                    .online()?
                     .manifest(&source.reference.with_digest(digest.clone()))
                     .await?;
                 let actual = Digest::of_bytes(&fetched.bytes);
@@ -366,7 +505,7 @@ async fn fetch_blobs(
     }
     // Largest first, so the long download starts at once.
     blobs.sort_by_key(|b| std::cmp::Reverse(b.size));
-    check_space(cache, &blobs)?;
+    check_space(cache, &blobs, plan.unpacked_bytes_estimate())?;
     let totals = futures_util::stream::iter(blobs)
         .map(|blob| fetch_blob(cache, source, blob, progress))
         .buffer_unordered(concurrency.max(1))
@@ -381,8 +520,13 @@ async fn fetch_blobs(
 }
 
 /// Refuses to start a download the cache filesystem cannot hold.
-fn check_space(cache: &Cache, blobs: &[&artifact::Descriptor]) -> Result<(), PullError> {
-    let mut needed = 0u64;
+/// `unpacked` is what unpacking archives will add (at least their compressed size).
+fn check_space(
+    cache: &Cache,
+    blobs: &[&artifact::Descriptor],
+    unpacked: u64,
+) -> Result<(), PullError> {
+    let mut needed = unpacked;
     for blob in blobs {
         if !cache.has_blob(&blob.digest, blob.size)? {
             needed = needed.saturating_add(blob.size);
@@ -411,41 +555,64 @@ async fn fetch_blob(
     progress: &Progress,
 ) -> Result<Fetched, PullError> {
     let digest = &blob.digest;
-    let mut writer = match cache.ingest(digest, blob.size).await? {
-        Ingest::Present => {
-            return Ok(Fetched {
-                fetched: 0,
-                reused: blob.size,
-            })
-        }
-        Ingest::Needed(writer) => writer,
-    };
-    let registry = match source.online() {
-        Ok(registry) => registry,
-        Err(e) => {
-            writer.suspend().await?;
-            return Err(e);
-        }
-    };
-    let label = blob
-        .annotations
-        .get(artifact::oras::TITLE)
-        .cloned()
-        .unwrap_or_else(|| digest.hex()[..12].to_string());
-    let mut bar = progress.blob(&label, blob.size, writer.offset());
     let mut fetched = 0u64;
+    // A partial left by a crash is trusted only as far as the final digest check; if that
+    // fails after a resume, one fresh download from byte 0 follows.
+    for fresh_start in [false, true] {
+        let mut writer = match cache.ingest(digest, blob.size).await? {
+            Ingest::Present => {
+                return Ok(Fetched {
+                    fetched,
+                    reused: if fetched == 0 { blob.size } else { 0 },
+                })
+            }
+            Ingest::Needed(writer) => writer,
+        };
+        let registry = match source.online() {
+            Ok(registry) => registry,
+            Err(e) => {
+                writer.suspend().await?;
+                return Err(e);
+            }
+        };
+        let label = blob
+            .annotations
+            .get(artifact::oras::TITLE)
+            .cloned()
+            .unwrap_or_else(|| digest.hex()[..12].to_string());
+        let mut bar = progress.blob(&label, blob.size, writer.offset());
+        let resumed = writer.resumed_from() > 0;
+        download_with_resume(source, registry, blob, &mut writer, &mut bar, &mut fetched).await?;
+        match writer.commit().await {
+            Ok(()) => {
+                bar.finish();
+                return Ok(Fetched { fetched, reused: 0 });
+            }
+            Err(CacheError::DigestMismatch { .. }) if resumed && !fresh_start => {
+                tracing::warn!(%digest, "a resumed download did not verify; downloading it again from the start");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    unreachable!("the fresh start returns")
+}
+
+/// Feeds the writer until it holds the whole blob, resuming with Range after transient
+/// failures. A registry that cannot serve the declared size is an integrity failure.
+async fn download_with_resume(
+    source: &Source<'_>,
+    registry: &RegistryClient,
+    blob: &artifact::Descriptor,
+    writer: &mut crate::cache::BlobWriter,
+    bar: &mut crate::progress::BlobProgress,
+    fetched: &mut u64,
+) -> Result<(), PullError> {
+    let digest = &blob.digest;
     let mut attempt = 1;
     loop {
-        let outcome = download_body(
-            source.reference,
-            registry,
-            &mut writer,
-            &mut bar,
-            &mut fetched,
-        )
-        .await;
+        let outcome = download_body(source.reference, registry, writer, bar, fetched).await;
         let error = match outcome {
-            Ok(()) if writer.offset() == blob.size => break,
+            Ok(()) if writer.offset() == blob.size => return Ok(()),
             Ok(()) => RegistryError::Network {
                 registry: source.reference.registry().to_string(),
                 what: format!("blob {digest}"),
@@ -467,21 +634,18 @@ async fn fetch_blob(
             }
             Err(PullError::Registry(e)) if e.is_transient() => e,
             Err(e) => {
-                writer.suspend().await.ok();
+                writer.abandon_keeping_partial().await;
                 return Err(e);
             }
         };
         if attempt >= BODY_ATTEMPTS {
-            writer.suspend().await.ok();
+            writer.abandon_keeping_partial().await;
             return Err(error.into());
         }
         tracing::warn!(%digest, offset = writer.offset(), %error, "download interrupted; resuming");
         tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(attempt))).await;
         attempt += 1;
     }
-    writer.commit().await?;
-    bar.finish();
-    Ok(Fetched { fetched, reused: 0 })
 }
 
 /// One request's worth of body, appended to the writer from its current offset.
@@ -514,6 +678,7 @@ async fn build_snapshot(
     reference: &Reference,
     manifest_digest: &Digest,
     plan: &Plan,
+    limits: materialize::Limits,
 ) -> Result<(SnapshotInfo, PathBuf), PullError> {
     match cache.snapshot_slot(manifest_digest).await? {
         SnapshotSlot::Ready(info) => Ok((info, cache.snapshot_dir(manifest_digest))),
@@ -525,13 +690,14 @@ async fn build_snapshot(
                 manifest_digest.clone(),
             );
             tokio::task::spawn_blocking(move || {
-                let files = materialize::build_tree(&plan, &cache, builder.dir())?;
+                let files = materialize::build_tree_with(&plan, &cache, builder.dir(), limits)?;
                 let info = SnapshotInfo {
                     reference,
                     digest,
                     format: plan.format.name().to_string(),
                     files,
                     created: now(),
+                    blobs: plan.entries.iter().map(|e| e.blob.digest.clone()).collect(),
                 };
                 let dir = builder.commit(&info)?;
                 Ok((info, dir))

@@ -2,7 +2,7 @@
 //! artifact (one layer per file, titled by its path), enough for demos, tests and CI.
 
 use crate::digest::Digest;
-use crate::materialize::stamp::{hash_file, WORK_DIR};
+use crate::materialize::stamp::WORK_DIR;
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryError};
 use crate::safe_path::SafePath;
@@ -70,7 +70,7 @@ pub async fn push(
             let (digest, size) = tokio::task::spawn_blocking({
                 let path = path.clone();
                 move || -> std::io::Result<(Digest, u64)> {
-                    Ok((hash_file(&path)?, std::fs::metadata(&path)?.len()))
+                    Ok((Digest::of_file(&path)?, std::fs::metadata(&path)?.len()))
                 }
             })
             .await

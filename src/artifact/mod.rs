@@ -1,11 +1,18 @@
 //! Manifest in, file plan out: which blobs to fetch and where each lands in the model tree.
 //! Pure: no I/O. One module per packaging format; detection picks one unless `--format` does.
 
+pub mod describe;
+pub mod image;
+pub mod kitops;
 pub mod manifest;
+pub mod modelpack;
 pub mod oras;
+pub mod select;
 
 pub use manifest::{Descriptor, Manifest, Parsed};
+pub use select::{Kind, Selection, SelectionError};
 
+use crate::digest::Digest;
 use crate::safe_path::{SafePath, UnsafePath};
 use std::collections::BTreeMap;
 
@@ -41,14 +48,39 @@ impl Format {
 pub enum Action {
     /// The blob is the file at `path` (hard-linked from the cache).
     File { path: SafePath },
-    /// The blob is a tar archive (maybe compressed) to unpack under `under`.
-    Unpack { under: SafePath },
+    /// The blob is a tar archive (plain, gzip or zstd: told by its first bytes) to unpack.
+    Unpack(Unpack),
+}
+
+/// How one archive layer is unpacked into the tree.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unpack {
+    /// Every entry must lie at or below this archive path, else the layer is refused (an ORAS
+    /// directory holds only `title/...`; a ModelPack tar only its `filepath`).
+    pub within: Option<SafePath>,
+    /// Image semantics: `.wh.` whiteouts delete what lower layers put there, and a later layer
+    /// may replace a file. Elsewhere a path claimed twice is refused.
+    pub overlay: bool,
+    /// sha256 of the uncompressed tar stream, checked when given (`io.deis.oras.content.digest`).
+    pub tar_digest: Option<Digest>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlanEntry {
     pub blob: Descriptor,
     pub action: Action,
+    /// The layer's kind (ModelPack, KitOps), for `--only` and `inspect`.
+    pub kind: Option<Kind>,
+}
+
+impl PlanEntry {
+    /// The model path this entry declares (a file's path, an archive's declared folder).
+    pub fn declared_path(&self) -> Option<&SafePath> {
+        match &self.action {
+            Action::File { path } => Some(path),
+            Action::Unpack(unpack) => unpack.within.as_ref(),
+        }
+    }
 }
 
 /// The complete recipe for one model tree.
@@ -57,6 +89,10 @@ pub struct Plan {
     pub format: Format,
     pub entries: Vec<PlanEntry>,
     pub annotations: BTreeMap<String, String>,
+    /// Filters applied to archive entries while unpacking (file entries are already filtered).
+    pub selection: Selection,
+    /// Layers the selection left out: never downloaded.
+    pub skipped: Vec<PlanEntry>,
 }
 
 impl Plan {
@@ -66,6 +102,16 @@ impl Plan {
         self.entries
             .iter()
             .filter(|e| seen.insert(e.blob.digest.clone()))
+            .map(|e| e.blob.size)
+            .sum()
+    }
+
+    /// Bytes the unpacked archives will take at least (their compressed size; the real
+    /// figure is known only while unpacking).
+    pub fn unpacked_bytes_estimate(&self) -> u64 {
+        self.entries
+            .iter()
+            .filter(|e| matches!(e.action, Action::Unpack(_)))
             .map(|e| e.blob.size)
             .sum()
     }
@@ -83,10 +129,26 @@ pub enum ArtifactError {
     },
     #[error("two layers claim the path {path:?}")]
     DuplicatePath { path: String },
+    #[error("layer {digest}: its title {title:?} and its filepath {filepath:?} disagree; refusing an ambiguous layer")]
+    NamesDisagree {
+        digest: String,
+        title: String,
+        filepath: String,
+    },
     #[error(
         "the artifact has no files tugboat knows how to place (format {format}); try --format"
     )]
     Empty { format: &'static str },
+    #[error("nothing in this {format} artifact matches the selection (--subpath/--include/--exclude/--only); it has {layers} layer(s)")]
+    NothingSelected { format: &'static str, layers: usize },
+    #[error("--only selects ModelPack/KitOps layer kinds; this artifact is {format}, use --include/--exclude instead")]
+    KindsUnsupported { format: &'static str },
+    #[error("{format} layer {digest} has media type {media_type:?}, which tugboat does not know how to place")]
+    UnknownLayer {
+        format: &'static str,
+        digest: String,
+        media_type: String,
+    },
     #[error("format {format} is not supported by this build: {detail}")]
     Unsupported {
         format: &'static str,
@@ -94,37 +156,122 @@ pub enum ArtifactError {
     },
 }
 
-/// Detects the format of `manifest` (unless `forced`) and builds its plan.
+/// Detects the format of `manifest` (unless `forced`) and builds its plan with everything.
 pub fn plan(manifest: &Manifest, forced: Option<Format>) -> Result<Plan, ArtifactError> {
+    plan_selected(manifest, forced, &Selection::default())
+}
+
+/// Detects the format (unless `forced`) and builds the plan `selection` asks for.
+pub fn plan_selected(
+    manifest: &Manifest,
+    forced: Option<Format>,
+    selection: &Selection,
+) -> Result<Plan, ArtifactError> {
     let format = forced.unwrap_or_else(|| detect(manifest));
-    let entries = match format {
+    check_names_agree(manifest)?;
+    let all = match format {
         Format::Oras => oras::plan(manifest)?,
-        other => {
-            return Err(ArtifactError::Unsupported {
-                format: other.name(),
-                detail: "only ORAS file artifacts are handled so far".into(),
-            })
-        }
+        Format::Modelpack => modelpack::plan(manifest)?,
+        Format::Kitops => kitops::plan(manifest)?,
+        Format::Image => image::plan(manifest)?,
     };
-    if entries.is_empty() {
+    if all.is_empty() {
         return Err(ArtifactError::Empty {
             format: format.name(),
         });
     }
-    check_paths_disjoint(&entries)?;
+    if !selection.only().is_empty() && all.iter().all(|e| e.kind.is_none()) {
+        return Err(ArtifactError::KindsUnsupported {
+            format: format.name(),
+        });
+    }
+    check_paths_disjoint(&all)?;
+    let layers = all.len();
+    let (mut entries, mut skipped) = (Vec::new(), Vec::new());
+    for mut entry in all {
+        let wanted = selection.wants_kind(entry.kind) && select_entry(&mut entry, selection);
+        if wanted {
+            entries.push(entry);
+        } else {
+            skipped.push(entry);
+        }
+    }
+    if entries.is_empty() {
+        return Err(ArtifactError::NothingSelected {
+            format: format.name(),
+            layers,
+        });
+    }
     Ok(Plan {
         format,
         entries,
         annotations: manifest.annotations.clone(),
+        selection: selection.clone(),
+        skipped,
     })
 }
 
+/// Applies `--subpath` and the globs to one entry: files are moved or dropped here; an
+/// archive is dropped only when its declared folder cannot hold anything wanted.
+fn select_entry(entry: &mut PlanEntry, selection: &Selection) -> bool {
+    match &mut entry.action {
+        Action::File { path } => match selection.reroot(path) {
+            Some(Some(moved)) if selection.wants_path(&moved) => {
+                *path = moved;
+                true
+            }
+            _ => false,
+        },
+        Action::Unpack(unpack) => {
+            let Some(declared) = &unpack.within else {
+                return true;
+            };
+            match selection.reroot(declared) {
+                Some(Some(moved)) => selection.could_want_below(&moved),
+                Some(None) => true,
+                // The declared folder may still contain the subpath.
+                None => selection
+                    .subpath()
+                    .is_some_and(|sub| sub.as_str().starts_with(&format!("{declared}/"))),
+            }
+        }
+    }
+}
+
 fn detect(manifest: &Manifest) -> Format {
-    if oras::detect(manifest) {
+    if kitops::detect(manifest) {
+        Format::Kitops
+    } else if modelpack::detect(manifest) {
+        Format::Modelpack
+    } else if oras::detect(manifest) {
         Format::Oras
     } else {
         Format::Image
     }
+}
+
+/// A layer named twice (ORAS title and ModelPack filepath) must name one path.
+fn check_names_agree(manifest: &Manifest) -> Result<(), ArtifactError> {
+    for layer in &manifest.layers {
+        let (Some(title), Some(filepath)) = (
+            layer.annotations.get(oras::TITLE),
+            layer.annotations.get(modelpack::FILEPATH),
+        ) else {
+            continue;
+        };
+        let same = match (SafePath::new(title), SafePath::new(filepath)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => title == filepath,
+        };
+        if !same {
+            return Err(ArtifactError::NamesDisagree {
+                digest: layer.digest.to_string(),
+                title: title.clone(),
+                filepath: filepath.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// No two file entries may claim one path, nor may a file sit where another needs a folder.
@@ -139,17 +286,32 @@ fn check_paths_disjoint(entries: &[PlanEntry]) -> Result<(), ArtifactError> {
             }
         }
     }
+    let mut folders: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| match &e.action {
+            Action::Unpack(u) => u.within.as_ref().map(SafePath::as_str),
+            Action::File { .. } => None,
+        })
+        .collect();
     for path in &files {
+        folders.extend(path.rsplit_once('/').map(|(parent, _)| parent));
+    }
+    for folder in folders {
         let mut prefix = String::new();
-        for part in path.split('/') {
-            if !prefix.is_empty() && files.contains(&prefix) {
-                return Err(ArtifactError::DuplicatePath { path: prefix });
-            }
+        for part in folder.split('/') {
             if !prefix.is_empty() {
                 prefix.push('/');
             }
             prefix.push_str(part);
+            if files.contains(&prefix) {
+                return Err(ArtifactError::DuplicatePath { path: prefix });
+            }
         }
     }
     Ok(())
+}
+
+/// Parses a layer path annotation as a safe relative path.
+fn annotated_path(annotation: &'static str, value: &str) -> Result<SafePath, ArtifactError> {
+    SafePath::new(value).map_err(|source| ArtifactError::UnsafeName { annotation, source })
 }

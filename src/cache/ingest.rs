@@ -141,6 +141,12 @@ impl BlobWriter {
         self.finish_writing().await.map(|_| ())
     }
 
+    /// Stops writing but keeps the partial for a later resume, for callers that keep the
+    /// writer (the lock) until they return.
+    pub async fn abandon_keeping_partial(&mut self) {
+        let _ = self.finish_writing().await;
+    }
+
     /// Stops writing and deletes the partial (its content cannot be trusted).
     pub async fn abandon(&mut self) {
         let _ = self.finish_writing().await;

@@ -3,14 +3,23 @@
 //! It knows nothing of registries or CSI.
 
 mod error;
+mod gc;
 mod ingest;
+mod lease;
 mod lock;
+mod private;
 mod snapshot;
+mod usage;
+mod verify;
 
 pub use error::CacheError;
+pub use gc::{parse_size, GcPolicy, GcReport};
 pub use ingest::{BlobWriter, Ingest};
+pub use lease::Lease;
 pub use lock::FileLock;
 pub use snapshot::{remove_tree, SnapshotBuilder, SnapshotFile, SnapshotInfo, SnapshotSlot};
+pub use usage::{Inventory, SnapshotEntry};
+pub use verify::VerifyReport;
 
 use crate::digest::Digest;
 use crate::reference::Reference;
@@ -67,6 +76,19 @@ impl Cache {
         }
     }
 
+    /// Deletes a blob whose bytes no longer hash to its name; returns whether it did.
+    pub fn remove_blob_if_corrupt(&self, digest: &Digest) -> Result<bool, CacheError> {
+        let path = self.blob_path(digest);
+        match Digest::of_file(&path) {
+            Ok(actual) if &actual == digest => Ok(false),
+            Ok(_) => fs::remove_file(&path)
+                .map(|_| true)
+                .map_err(|e| CacheError::io(&path, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(CacheError::io(path, e)),
+        }
+    }
+
     /// Raw manifest bytes stored under their digest, if present.
     pub fn manifest(&self, digest: &Digest) -> Result<Option<Vec<u8>>, CacheError> {
         let path = self.root.join("manifests/sha256").join(digest.hex());
@@ -107,6 +129,16 @@ impl Cache {
         let dir = path.parent().expect("tag path has a parent");
         fs::create_dir_all(dir).map_err(|e| CacheError::io(dir, e))?;
         write_atomically(&path, digest.to_string().as_bytes())
+    }
+
+    /// Forgets what a tag resolved to (the next tag pull asks the registry).
+    pub fn forget_tag(&self, reference: &Reference) -> Result<(), CacheError> {
+        let path = self.tag_path(reference);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(CacheError::io(path, e)),
+        }
     }
 
     fn tag_path(&self, reference: &Reference) -> PathBuf {

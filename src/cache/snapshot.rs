@@ -27,6 +27,9 @@ pub struct SnapshotInfo {
     pub files: Vec<SnapshotFile>,
     /// Seconds since the epoch.
     pub created: u64,
+    /// Every cache blob the snapshot was built from (kept while the snapshot lives).
+    #[serde(default)]
+    pub blobs: Vec<Digest>,
 }
 
 impl SnapshotInfo {
@@ -106,6 +109,44 @@ impl Cache {
             committed: false,
             _lock: lock,
         }))
+    }
+}
+
+impl Cache {
+    /// Deletes a snapshot and its description (callers hold no lease on it).
+    pub fn remove_snapshot(&self, manifest: &Digest) -> Result<(), CacheError> {
+        let _lock = FileLock::acquire_blocking(
+            &self
+                .snapshots_dir()
+                .join(format!("{}.lock", manifest.hex())),
+        )?;
+        let info = self
+            .snapshots_dir()
+            .join(format!("{}.json", manifest.hex()));
+        if info.exists() {
+            fs::remove_file(&info).map_err(|e| CacheError::io(&info, e))?;
+        }
+        remove_tree(&self.snapshot_dir(manifest))
+    }
+}
+
+impl Cache {
+    /// Records a use of the snapshot (its description's mtime): GC evicts the least recent.
+    pub fn touch_snapshot(&self, manifest: &Digest) {
+        let info = self
+            .snapshots_dir()
+            .join(format!("{}.json", manifest.hex()));
+        if let Ok(file) = fs::File::options().write(true).open(&info) {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    /// When the snapshot was last used.
+    pub fn snapshot_last_used(&self, manifest: &Digest) -> Option<std::time::SystemTime> {
+        let info = self
+            .snapshots_dir()
+            .join(format!("{}.json", manifest.hex()));
+        fs::metadata(info).and_then(|m| m.modified()).ok()
     }
 }
 

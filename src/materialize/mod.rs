@@ -1,7 +1,10 @@
-//! Plan + verified blobs -> directory trees: the snapshot in the cache, and the copy of it in
-//! the user's `--dest` (hard links when on one filesystem, else copies), installed so a reader
-//! never sees a half-placed model.
+//! Plan + verified blobs -> directory trees: the snapshot in the cache (raw layers hard-linked
+//! from their blobs, archives unpacked safely by `extract`), and the copy of it in the user's
+//! `--dest` (hard links when on one filesystem, else copies; folders and symlinks recreated),
+//! installed so a reader never sees a half-placed model.
 
+pub mod extract;
+pub mod limits;
 pub mod stamp;
 
 use crate::artifact::{Action, Plan};
@@ -10,54 +13,74 @@ use crate::safe_path::SafePath;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+pub use limits::{ByteSize, Limits};
 pub use stamp::Stamp;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MaterializeError {
     #[error(transparent)]
     Cache(#[from] CacheError),
-    #[error("{format} layer {digest} is an archive; unpacking is not supported for it yet")]
-    UnpackUnsupported {
-        format: &'static str,
-        digest: String,
-    },
     #[error("destination {}: {detail}", path.display())]
     Destination { path: PathBuf, detail: String },
+    #[error(
+        "layer {digest}: refusing the archive entry {entry:?}: {reason}; nothing was installed"
+    )]
+    UnsafeEntry {
+        digest: String,
+        entry: String,
+        reason: String,
+    },
+    #[error("layer {digest}: {path:?} is claimed twice ({detail}); refusing an ambiguous model, nothing was installed")]
+    DuplicatePath {
+        digest: String,
+        path: String,
+        detail: String,
+    },
+    #[error("layer {digest}: {detail}; nothing was installed")]
+    Limit { digest: String, detail: String },
+    #[error("layer {digest} is not a readable tar archive: {detail}")]
+    Archive { digest: String, detail: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MaterializeError + '_ {
     move |e| MaterializeError::Cache(CacheError::io(path, e))
 }
 
-/// Lays the plan's files out under `dir` (a snapshot being built) from the cache's blobs.
+/// Lays the plan's files out under `dir` (a snapshot being built) from the cache's blobs,
+/// with the default unpacking limits.
 pub fn build_tree(
     plan: &Plan,
     cache: &Cache,
     dir: &Path,
 ) -> Result<Vec<SnapshotFile>, MaterializeError> {
-    let mut files = Vec::new();
+    build_tree_with(plan, cache, dir, Limits::default())
+}
+
+/// Lays the plan out under `dir`: raw layers hard-linked, archives unpacked in manifest order
+/// (hashing each file), then the filesystem synced. Returns every regular file, sorted.
+pub fn build_tree_with(
+    plan: &Plan,
+    cache: &Cache,
+    dir: &Path,
+    limits: Limits,
+) -> Result<Vec<SnapshotFile>, MaterializeError> {
+    let mut tree = extract::Tree::new(dir, limits);
     for entry in &plan.entries {
+        let blob = cache.blob_path(&entry.blob.digest);
         match &entry.action {
-            Action::File { path } => {
-                let target = path.under(dir);
-                create_parent(&target)?;
-                link_or_copy(&cache.blob_path(&entry.blob.digest), &target)?;
-                files.push(SnapshotFile {
-                    path: path.clone(),
-                    size: entry.blob.size,
-                    digest: entry.blob.digest.clone(),
-                });
-            }
-            Action::Unpack { .. } => {
-                return Err(MaterializeError::UnpackUnsupported {
-                    format: plan.format.name(),
-                    digest: entry.blob.digest.to_string(),
-                })
-            }
+            Action::File { path } => tree.place_blob(path, &blob, &entry.blob)?,
+            Action::Unpack(unpack) => tree.unpack(&blob, &entry.blob, unpack, &plan.selection)?,
         }
     }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(files)
+    if plan
+        .entries
+        .iter()
+        .any(|e| matches!(e.action, Action::Unpack(_)))
+    {
+        let root = fs::File::open(dir).map_err(io(dir))?;
+        nix::unistd::syncfs(&root).map_err(|e| io(dir)(e.into()))?;
+    }
+    Ok(tree.into_files())
 }
 
 /// Places a snapshot's files into `dest` and writes the stamp last. Files are staged inside
@@ -81,9 +104,9 @@ pub fn install(
     result?;
     // Files of an earlier model that the new one does not have are removed.
     if let Some(previous) = Stamp::read(dest) {
-        let keep: std::collections::HashSet<&str> = files.iter().map(|f| f.path.top()).collect();
+        let keep = top_entries(snapshot)?;
         for old in &previous.files {
-            if !keep.contains(old.path.top()) {
+            if !keep.iter().any(|k| k == old.path.top()) {
                 remove_tree(&dest.join(old.path.top()))?;
             }
         }
@@ -92,34 +115,45 @@ pub fn install(
     Ok(())
 }
 
+/// The names directly inside a snapshot (the entries an install places in `dest`).
+fn top_entries(snapshot: &Path) -> Result<Vec<String>, MaterializeError> {
+    let mut tops = Vec::new();
+    for entry in fs::read_dir(snapshot).map_err(io(snapshot))? {
+        let entry = entry.map_err(io(snapshot))?;
+        tops.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    tops.sort_unstable();
+    Ok(tops)
+}
+
+/// Mirrors the snapshot into `staging` (files linked or copied, folders and symlinks
+/// recreated), then renames each top-level entry into `dest`.
 fn stage_and_swap(
     snapshot: &Path,
-    files: &[SnapshotFile],
+    _files: &[SnapshotFile],
     dest: &Path,
     staging: &Path,
 ) -> Result<(), MaterializeError> {
     fs::create_dir_all(staging).map_err(io(staging))?;
-    for file in files {
-        let target = file.path.under(staging);
-        create_parent(&target)?;
-        link_or_copy(&file.path.under(snapshot), &target)?;
-    }
-    let mut tops: Vec<&str> = files.iter().map(|f| f.path.top()).collect();
-    tops.sort_unstable();
-    tops.dedup();
-    for top in tops {
-        let from = staging.join(top);
-        let to = dest.join(top);
+    let tops = top_entries(snapshot)?;
+    for top in &tops {
         if top == stamp::WORK_DIR {
             return Err(MaterializeError::Destination {
-                path: to,
+                path: dest.join(top),
                 detail: format!(
                     "the model contains a top-level {:?}, which tugboat reserves",
                     stamp::WORK_DIR
                 ),
             });
         }
-        if fs::symlink_metadata(&to).is_ok_and(|m| m.is_dir()) {
+        mirror(&snapshot.join(top), &staging.join(top))?;
+    }
+    for top in &tops {
+        let from = staging.join(top);
+        let to = dest.join(top);
+        let replacing_dir = fs::symlink_metadata(&to).is_ok_and(|m| m.is_dir());
+        let placing_dir = fs::symlink_metadata(&from).is_ok_and(|m| m.is_dir());
+        if replacing_dir || (placing_dir && fs::symlink_metadata(&to).is_ok()) {
             remove_tree(&to)?;
         }
         fs::rename(&from, &to).map_err(io(&to))?;
@@ -127,9 +161,23 @@ fn stage_and_swap(
     Ok(())
 }
 
-fn create_parent(path: &Path) -> Result<(), MaterializeError> {
-    let parent = path.parent().expect("joined path has a parent");
-    fs::create_dir_all(parent).map_err(io(parent))
+/// Recreates `from` (a trusted snapshot entry) at `to`.
+fn mirror(from: &Path, to: &Path) -> Result<(), MaterializeError> {
+    let meta = fs::symlink_metadata(from).map_err(io(from))?;
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        let target = fs::read_link(from).map_err(io(from))?;
+        std::os::unix::fs::symlink(&target, to).map_err(io(to))
+    } else if kind.is_dir() {
+        fs::create_dir(to).map_err(io(to))?;
+        for entry in fs::read_dir(from).map_err(io(from))? {
+            let entry = entry.map_err(io(from))?;
+            mirror(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        Ok(())
+    } else {
+        link_or_copy(from, to)
+    }
 }
 
 /// Hard link when possible (same filesystem), otherwise a kernel-side copy.
@@ -146,13 +194,10 @@ pub fn link_or_copy(source: &Path, target: &Path) -> Result<(), MaterializeError
     }
 }
 
-/// Paths the plan will create, for error messages and dry runs.
+/// Paths the plan declares (files, and the folders archives declare), for messages.
 pub fn planned_paths(plan: &Plan) -> Vec<&SafePath> {
     plan.entries
         .iter()
-        .map(|e| match &e.action {
-            Action::File { path } => path,
-            Action::Unpack { under } => under,
-        })
+        .filter_map(|e| e.declared_path())
         .collect()
 }

@@ -3,8 +3,6 @@
 
 use crate::cache::{write_atomically, CacheError, SnapshotFile};
 use crate::digest::Digest;
-use sha2::{Digest as _, Sha256};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// The hidden folder tugboat keeps inside a destination.
@@ -18,6 +16,10 @@ pub struct Stamp {
     pub files: Vec<SnapshotFile>,
     /// Seconds since the epoch.
     pub pulled_at: u64,
+    /// The snapshot installed: the manifest digest, or one derived from it and the selection
+    /// (`--subpath`, `--include`, `--only`, `--format`), so a different choice pulls again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Digest>,
 }
 
 pub fn work_dir(dest: &Path) -> PathBuf {
@@ -53,7 +55,7 @@ impl Stamp {
                 return Err(format!("{} has changed size", file.path));
             }
             if rehash {
-                let actual = hash_file(&path).map_err(|e| format!("{}: {e}", file.path))?;
+                let actual = Digest::of_file(&path).map_err(|e| format!("{}: {e}", file.path))?;
                 if actual != file.digest {
                     return Err(format!("{} does not match {}", file.path, file.digest));
                 }
@@ -61,19 +63,4 @@ impl Stamp {
         }
         Ok(())
     }
-}
-
-/// Streams a file through sha256.
-pub fn hash_file(path: &Path) -> std::io::Result<Digest> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(Digest::from_hasher(hasher))
 }

@@ -55,10 +55,16 @@ pub struct RegistryClient {
     authorizer: Authorizer,
     policy: EndpointPolicy,
     max_attempts: u32,
+    /// The options this client was built from, less the credentials (see [`Self::anonymous`]).
+    anonymous_options: RegistryOptions,
 }
 
 impl RegistryClient {
     pub fn new(options: RegistryOptions) -> Result<Self, RegistryError> {
+        let anonymous_options = RegistryOptions {
+            credentials: Default::default(),
+            ..options.clone()
+        };
         let mut roots = Vec::new();
         let mut oci_roots = Vec::new();
         if let Some(path) = &options.ca_file {
@@ -109,7 +115,35 @@ impl RegistryClient {
             ),
             policy: options.endpoints,
             max_attempts: options.max_attempts.max(1),
+            anonymous_options,
         })
+    }
+
+    /// The same client (endpoints, CA, retries) without any credentials.
+    pub fn anonymous(&self) -> Result<Self, RegistryError> {
+        Self::new(self.anonymous_options.clone())
+    }
+
+    /// The credentials this client sends to `registry`, if any.
+    pub fn credentials_for(&self, registry: &str) -> Option<&super::Credentials> {
+        self.authorizer.credentials_for(registry)
+    }
+
+    /// Whether the origin registry lets this client read a manifest: a HEAD sent to the
+    /// origin only, never a mirror, since mirrors are spoken to anonymously.
+    pub async fn manifest_readable(&self, reference: &Reference) -> Result<(), RegistryError> {
+        let endpoint = self.origin(reference);
+        let url = endpoint.url(&format!(
+            "/v2/{}/manifests/{}",
+            reference.repository(),
+            reference.manifest_reference()
+        ));
+        let what = format!("manifest {reference}");
+        self.send(&endpoint, reference.repository(), false, &what, |c| {
+            c.head(&url).header(ACCEPT, MANIFEST_ACCEPT)
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Fetches a manifest or index by tag or digest (mirrors first), refusing oversize bodies.

@@ -20,6 +20,20 @@ impl fmt::Debug for Credentials {
     }
 }
 
+impl Credentials {
+    /// A one-way identity of this pair (SHA-256), for remembering what it was allowed to read
+    /// without keeping or printing the secret.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest as _, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(b"tugboat-credentials\0");
+        hasher.update(self.username.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(self.password.as_bytes());
+        hex::encode(hasher.finalize())
+    }
+}
+
 /// Credentials keyed by normalised registry host.
 #[derive(Clone, Debug, Default)]
 pub struct CredentialStore {

@@ -1,0 +1,73 @@
+//! The `warm` subcommand: one pass over a warm list (for a Job or a CronJob).
+
+use super::{exit, Failure, RegistryArgs};
+use clap::Args;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tugboat::warm::{parse_labels, warm_once, WarmList, WarmState};
+
+#[derive(Args)]
+pub struct WarmArgs {
+    /// The warm list (YAML: interval, models[].reference, pullPolicy, nodeSelector).
+    file: PathBuf,
+    /// The cache to fill.
+    #[arg(long, env = "TUGBOAT_CACHE", default_value = "/var/lib/tugboat")]
+    cache: PathBuf,
+    /// This node's labels as k=v,k2=v2, matched against each entry's nodeSelector.
+    #[arg(long, env = "TUGBOAT_NODE_LABELS", value_parser = parse_labels, default_value = "")]
+    node_labels: BTreeMap<String, String>,
+    /// Blobs downloaded at once per model.
+    #[arg(long, env = "TUGBOAT_CONCURRENCY", default_value_t = 4)]
+    concurrency: usize,
+    /// One JSON array of entry states on stdout.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+pub async fn run(args: WarmArgs) -> Result<(), Failure> {
+    let list = WarmList::load(&args.file).map_err(|e| Failure::new(exit::USAGE, e.into()))?;
+    let client = args.registry.client()?;
+    let statuses = warm_once(
+        &list,
+        &args.node_labels,
+        &args.cache,
+        &client,
+        args.concurrency,
+    )
+    .await;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&statuses).map_err(anyhow::Error::from)?
+        );
+    } else {
+        for status in &statuses {
+            println!(
+                "{:<16} {} {}",
+                format!("{:?}", status.state),
+                status.reference,
+                status
+                    .error
+                    .as_deref()
+                    .or(status.digest.as_deref())
+                    .unwrap_or("")
+            );
+        }
+    }
+    let failed = statuses
+        .iter()
+        .filter(|s| s.state == WarmState::Failed)
+        .count();
+    if failed > 0 {
+        return Err(Failure::new(
+            exit::OTHER,
+            anyhow::anyhow!(
+                "{failed} of {} model(s) could not be warmed",
+                statuses.len()
+            ),
+        ));
+    }
+    Ok(())
+}

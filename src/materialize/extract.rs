@@ -1,0 +1,798 @@
+//! Safe unpacking of tar layers (plain, gzip, zstd) into a snapshot being built, hashing each
+//! regular file as it is written. Archives are hostile input: absolute names, `..`, paths
+//! through symlinks, links leading out of the tree, device nodes and FIFOs are refused;
+//! setuid/setgid/sticky bits are dropped; the entry count and the expanded bytes are capped.
+//! On any refusal the caller drops the snapshot builder, which removes the partial tree.
+
+use super::limits::Limits;
+use super::MaterializeError;
+use crate::artifact::{Descriptor, Selection, Unpack};
+use crate::cache::{remove_tree, CacheError, SnapshotFile};
+use crate::digest::Digest;
+use crate::safe_path::SafePath;
+use sha2::{Digest as _, Sha256};
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+const WHITEOUT: &str = ".wh.";
+const OPAQUE: &str = ".wh..wh..opq";
+
+/// The tree under construction: every regular file placed so far, and the running totals
+/// the limits apply to.
+pub struct Tree<'a> {
+    root: &'a Path,
+    limits: Limits,
+    files: BTreeMap<SafePath, SnapshotFile>,
+    placed: u64,
+    expanded: u64,
+}
+
+/// Where an archive path lands in the tree.
+enum Place {
+    Root,
+    At(SafePath),
+    Outside,
+}
+
+/// Per-layer state.
+struct Layer<'l> {
+    digest: String,
+    unpack: &'l Unpack,
+    selection: &'l Selection,
+    budget: u64,
+    expanded: u64,
+    /// Tree paths this layer created (whiteouts only hide what lower layers made).
+    created: HashSet<String>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> MaterializeError + '_ {
+    move |e| MaterializeError::Cache(CacheError::io(path, e))
+}
+
+impl<'a> Tree<'a> {
+    pub fn new(root: &'a Path, limits: Limits) -> Self {
+        Tree {
+            root,
+            limits,
+            files: BTreeMap::new(),
+            placed: 0,
+            expanded: 0,
+        }
+    }
+
+    pub fn into_files(self) -> Vec<SnapshotFile> {
+        self.files.into_values().collect()
+    }
+
+    /// Places a raw blob as the file `path` (hard link from the cache, else a copy).
+    pub fn place_blob(
+        &mut self,
+        path: &SafePath,
+        blob: &Path,
+        descriptor: &Descriptor,
+    ) -> Result<(), MaterializeError> {
+        let digest = descriptor.digest.to_string();
+        self.ensure_parent(path, &digest, false, None)?;
+        self.clear_target(path, &digest, false, false)?;
+        super::link_or_copy(blob, &path.under(self.root))?;
+        self.files.insert(
+            path.clone(),
+            SnapshotFile {
+                path: path.clone(),
+                size: descriptor.size,
+                digest: descriptor.digest.clone(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Unpacks the archive blob at `blob` (already verified against `descriptor`).
+    pub fn unpack(
+        &mut self,
+        blob: &Path,
+        descriptor: &Descriptor,
+        unpack: &Unpack,
+        selection: &Selection,
+    ) -> Result<(), MaterializeError> {
+        let digest = descriptor.digest.to_string();
+        let archive_error = |detail: String| MaterializeError::Archive {
+            digest: digest.clone(),
+            detail,
+        };
+        let file = fs::File::open(blob).map_err(io_err(blob))?;
+        let mut buffered = BufReader::with_capacity(1 << 20, file);
+        let magic = buffered.fill_buf().map_err(io_err(blob))?.to_vec();
+        let decoded: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
+            Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
+        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Box::new(
+                zstd::stream::read::Decoder::with_buffer(buffered)
+                    .map_err(|e| archive_error(format!("zstd: {e}")))?,
+            )
+        } else {
+            Box::new(buffered)
+        };
+        let budget = self.limits.layer_budget(descriptor.size);
+        // The tar reader buffers long names and pax headers in memory: cap the whole
+        // decompressed stream too, so no single header can grow without bound.
+        let stream_cap = budget
+            .min(self.limits.max_expanded.0)
+            .saturating_add(self.limits.max_files.saturating_mul(2048))
+            .saturating_add(1 << 20);
+        let reader = CappedHashingReader {
+            inner: decoded,
+            hasher: Sha256::new(),
+            read: 0,
+            cap: stream_cap,
+        };
+        let mut archive = tar::Archive::new(reader);
+        let mut layer = Layer {
+            digest: digest.clone(),
+            unpack,
+            selection,
+            budget,
+            expanded: 0,
+            created: HashSet::new(),
+        };
+        let entries = archive
+            .entries()
+            .map_err(|e| self.read_error(&layer, e, "reading the archive"))?;
+        for entry in entries {
+            let mut entry =
+                entry.map_err(|e| self.read_error(&layer, e, "reading an entry header"))?;
+            self.entry(&mut entry, &mut layer)?;
+        }
+        let mut reader = archive.into_inner();
+        io::copy(&mut reader, &mut io::sink())
+            .map_err(|e| self.read_error(&layer, e, "reading the archive's end"))?;
+        if let Some(expected) = &unpack.tar_digest {
+            let actual = Digest::from_hasher(reader.hasher);
+            if &actual != expected {
+                return Err(archive_error(format!(
+                    "the unpacked tar has digest {actual}, but the layer's annotation promises {expected}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn read_error(&self, layer: &Layer<'_>, e: io::Error, what: &str) -> MaterializeError {
+        if e.kind() == io::ErrorKind::FileTooLarge {
+            return MaterializeError::Limit {
+                digest: layer.digest.clone(),
+                detail: e.to_string(),
+            };
+        }
+        MaterializeError::Archive {
+            digest: layer.digest.clone(),
+            detail: format!("{what}: {e}"),
+        }
+    }
+
+    fn refuse(layer: &Layer<'_>, entry: &str, reason: impl Into<String>) -> MaterializeError {
+        MaterializeError::UnsafeEntry {
+            digest: layer.digest.clone(),
+            entry: entry.chars().take(200).collect(),
+            reason: reason.into(),
+        }
+    }
+
+    fn entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        layer: &mut Layer<'_>,
+    ) -> Result<(), MaterializeError> {
+        use tar::EntryType as T;
+        let kind = entry.header().entry_type();
+        if matches!(kind, T::XGlobalHeader) {
+            return Ok(());
+        }
+        let raw = String::from_utf8(entry.path_bytes().into_owned())
+            .map_err(|_| Self::refuse(layer, "?", "the name is not UTF-8"))?;
+        if raw.starts_with('/') {
+            return Err(Self::refuse(layer, &raw, "absolute paths are not allowed"));
+        }
+        let is_root = raw.split('/').all(|part| part.is_empty() || part == ".");
+        if is_root {
+            return match kind {
+                T::Directory => Ok(()),
+                _ => Err(Self::refuse(layer, &raw, "names the archive's root")),
+            };
+        }
+        let path = SafePath::new(&raw).map_err(|e| Self::refuse(layer, &raw, e.reason))?;
+        if let Some(within) = &layer.unpack.within {
+            if !is_at_or_below(&path, within) {
+                return Err(Self::refuse(
+                    layer,
+                    &raw,
+                    format!("it lies outside \"{within}\", the folder this layer declares"),
+                ));
+            }
+        }
+        let name = path.as_str().rsplit('/').next().unwrap_or_default();
+        if layer.unpack.overlay && name.starts_with(WHITEOUT) {
+            return self.whiteout(&path, name, layer, &raw);
+        }
+        let target = match self.place(&path, layer.selection) {
+            Place::At(target) if layer.selection.wants_path(&target) => target,
+            _ => return Ok(()),
+        };
+        match kind {
+            T::Directory => {
+                self.ensure_parent(
+                    &target,
+                    &layer.digest,
+                    layer.unpack.overlay,
+                    Some(&mut layer.created),
+                )?;
+                if !self.clear_target(&target, &layer.digest, true, layer.unpack.overlay)? {
+                    self.count(layer, &raw)?;
+                    let dir = target.under(self.root);
+                    fs::create_dir(&dir).map_err(io_err(&dir))?;
+                }
+                layer.created.insert(target.to_string());
+                Ok(())
+            }
+            T::Regular | T::Continuous | T::GNUSparse => self.regular(entry, &target, layer, &raw),
+            T::Symlink => self.symlink(entry, &path, &target, layer, &raw),
+            T::Link => self.hardlink(entry, &target, layer, &raw),
+            T::Char | T::Block | T::Fifo => Err(Self::refuse(
+                layer,
+                &raw,
+                "device nodes and FIFOs are not allowed in a model",
+            )),
+            other => Err(Self::refuse(
+                layer,
+                &raw,
+                format!("unsupported tar entry type {other:?}"),
+            )),
+        }
+    }
+
+    /// Maps an archive path to the tree through `--subpath`.
+    fn place(&self, path: &SafePath, selection: &Selection) -> Place {
+        match selection.reroot(path) {
+            Some(Some(target)) => Place::At(target),
+            Some(None) => Place::Root,
+            None => Place::Outside,
+        }
+    }
+
+    fn count(&mut self, layer: &Layer<'_>, raw: &str) -> Result<(), MaterializeError> {
+        self.count_for(&layer.digest, raw)
+    }
+
+    fn count_for(&mut self, digest: &str, raw: &str) -> Result<(), MaterializeError> {
+        self.placed += 1;
+        if self.placed > self.limits.max_files {
+            return Err(MaterializeError::Limit {
+                digest: digest.to_string(),
+                detail: format!(
+                    "the archives hold more than {} entries (limit reached at {raw:?}); raise \
+                     --max-files if the model really has this many files",
+                    self.limits.max_files
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn charge(
+        &mut self,
+        layer: &mut Layer<'_>,
+        bytes: u64,
+        raw: &str,
+    ) -> Result<(), MaterializeError> {
+        layer.expanded = layer.expanded.saturating_add(bytes);
+        self.expanded = self.expanded.saturating_add(bytes);
+        if layer.expanded > layer.budget {
+            return Err(MaterializeError::Limit {
+                digest: layer.digest.clone(),
+                detail: format!(
+                    "it expands to more than {} bytes at {raw:?}, over {}x its compressed size \
+                     (a decompression bomb?); raise --max-compression-ratio (now {}) if the model \
+                     really compresses this well",
+                    layer.budget, self.limits.max_ratio, self.limits.max_ratio
+                ),
+            });
+        }
+        if self.expanded > self.limits.max_expanded.0 {
+            return Err(MaterializeError::Limit {
+                digest: layer.digest.clone(),
+                detail: format!(
+                    "unpacked files would exceed {} in total (at {raw:?}); raise \
+                     --max-expanded-size if the model is really this large",
+                    self.limits.max_expanded
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn regular<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        target: &SafePath,
+        layer: &mut Layer<'_>,
+        raw: &str,
+    ) -> Result<(), MaterializeError> {
+        let declared = entry.size();
+        self.charge(layer, declared, raw)?;
+        self.count(layer, raw)?;
+        self.ensure_parent(
+            target,
+            &layer.digest,
+            layer.unpack.overlay,
+            Some(&mut layer.created),
+        )?;
+        self.clear_target(target, &layer.digest, false, layer.unpack.overlay)?;
+        let path = target.under(self.root);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut written = 0u64;
+        loop {
+            let n = entry
+                .read(&mut buffer)
+                .map_err(|e| self.read_error(layer, e, &format!("reading {raw:?}")))?;
+            if n == 0 {
+                break;
+            }
+            written += n as u64;
+            if written > declared {
+                self.charge(layer, n as u64, raw)?;
+            }
+            hasher.update(&buffer[..n]);
+            file.write_all(&buffer[..n]).map_err(io_err(&path))?;
+        }
+        let mode = entry.header().mode().unwrap_or(0o644);
+        let mode = if mode & 0o111 != 0 { 0o555 } else { 0o444 };
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io_err(&path))?;
+        self.files.insert(
+            target.clone(),
+            SnapshotFile {
+                path: target.clone(),
+                size: written,
+                digest: Digest::from_hasher(hasher),
+            },
+        );
+        layer.created.insert(target.to_string());
+        Ok(())
+    }
+
+    fn symlink<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        path: &SafePath,
+        target: &SafePath,
+        layer: &mut Layer<'_>,
+        raw: &str,
+    ) -> Result<(), MaterializeError> {
+        let link = entry
+            .link_name_bytes()
+            .map(|b| String::from_utf8(b.into_owned()))
+            .ok_or_else(|| Self::refuse(layer, raw, "a symlink without a target"))?
+            .map_err(|_| Self::refuse(layer, raw, "the symlink target is not UTF-8"))?;
+        let escape = || {
+            Self::refuse(
+                layer,
+                raw,
+                format!("the symlink to {link:?} leads out of the tree"),
+            )
+        };
+        // Resolve in archive coordinates: absolute targets only in images (rooted at the
+        // image's root); `..` only leading, and never above the root.
+        let mut resolved: Vec<&str> = if link.starts_with('/') {
+            if !layer.unpack.overlay {
+                return Err(escape());
+            }
+            Vec::new()
+        } else {
+            path.as_str().split('/').collect()
+        };
+        if !link.starts_with('/') {
+            resolved.pop();
+        }
+        let mut seen_name = false;
+        for part in link.split('/') {
+            match part {
+                "" | "." => {}
+                ".." if !seen_name => {
+                    resolved.pop().ok_or_else(escape)?;
+                }
+                ".." => {
+                    return Err(Self::refuse(
+                        layer,
+                        raw,
+                        format!("the symlink target {link:?} has '..' after a name"),
+                    ))
+                }
+                name => {
+                    seen_name = true;
+                    resolved.push(name);
+                }
+            }
+        }
+        if link.is_empty() {
+            return Err(Self::refuse(layer, raw, "a symlink with an empty target"));
+        }
+        // Where the target lands in the tree.
+        let destination: Option<SafePath> = if resolved.is_empty() {
+            match layer.selection.subpath() {
+                None => None,
+                Some(_) => return Err(escape()),
+            }
+        } else {
+            let archive_path = SafePath::new(&resolved.join("/")).map_err(|_| escape())?;
+            if let Some(within) = &layer.unpack.within {
+                if !is_at_or_below(&archive_path, within) {
+                    return Err(escape());
+                }
+            }
+            match self.place(&archive_path, layer.selection) {
+                Place::Root => None,
+                Place::At(p) => Some(p),
+                Place::Outside => return Err(escape()),
+            }
+        };
+        let relative = relative_link(target, destination.as_ref());
+        self.count(layer, raw)?;
+        self.ensure_parent(
+            target,
+            &layer.digest,
+            layer.unpack.overlay,
+            Some(&mut layer.created),
+        )?;
+        self.clear_target(target, &layer.digest, false, layer.unpack.overlay)?;
+        let at = target.under(self.root);
+        std::os::unix::fs::symlink(&relative, &at).map_err(io_err(&at))?;
+        layer.created.insert(target.to_string());
+        Ok(())
+    }
+
+    fn hardlink<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        target: &SafePath,
+        layer: &mut Layer<'_>,
+        raw: &str,
+    ) -> Result<(), MaterializeError> {
+        let link = entry
+            .link_name_bytes()
+            .map(|b| String::from_utf8(b.into_owned()))
+            .ok_or_else(|| Self::refuse(layer, raw, "a hard link without a target"))?
+            .map_err(|_| Self::refuse(layer, raw, "the hard link target is not UTF-8"))?;
+        let outside = || {
+            Self::refuse(
+                layer,
+                raw,
+                format!("the hard link to {link:?} leads out of the tree"),
+            )
+        };
+        if link.starts_with('/') {
+            return Err(outside());
+        }
+        let source = SafePath::new(&link).map_err(|_| outside())?;
+        if let Some(within) = &layer.unpack.within {
+            if !is_at_or_below(&source, within) {
+                return Err(outside());
+            }
+        }
+        let Place::At(source) = self.place(&source, layer.selection) else {
+            return Err(outside());
+        };
+        if self.through_symlink(&source).is_some() {
+            return Err(outside());
+        }
+        let from = source.under(self.root);
+        match fs::symlink_metadata(&from) {
+            Ok(meta) if meta.is_file() => {}
+            _ => {
+                return Err(Self::refuse(
+                    layer,
+                    raw,
+                    format!("the hard link target {link:?} is not a file unpacked earlier"),
+                ))
+            }
+        }
+        let Some(original) = self.files.get(&source).cloned() else {
+            return Err(Self::refuse(
+                layer,
+                raw,
+                format!("the hard link target {link:?} is not a file unpacked earlier"),
+            ));
+        };
+        self.count(layer, raw)?;
+        self.ensure_parent(
+            target,
+            &layer.digest,
+            layer.unpack.overlay,
+            Some(&mut layer.created),
+        )?;
+        self.clear_target(target, &layer.digest, false, layer.unpack.overlay)?;
+        let at = target.under(self.root);
+        fs::hard_link(&from, &at).map_err(io_err(&at))?;
+        self.files.insert(
+            target.clone(),
+            SnapshotFile {
+                path: target.clone(),
+                ..original
+            },
+        );
+        layer.created.insert(target.to_string());
+        Ok(())
+    }
+
+    /// Image whiteouts: `.wh.NAME` hides NAME, `.wh..wh..opq` hides a folder's lower content.
+    fn whiteout(
+        &mut self,
+        path: &SafePath,
+        name: &str,
+        layer: &mut Layer<'_>,
+        raw: &str,
+    ) -> Result<(), MaterializeError> {
+        let parent = path.as_str().rsplit_once('/').map(|(p, _)| p);
+        let join = |leaf: Option<&str>| -> Option<String> {
+            match (parent, leaf) {
+                (Some(p), Some(l)) => Some(format!("{p}/{l}")),
+                (Some(p), None) => Some(p.to_string()),
+                (None, Some(l)) => Some(l.to_string()),
+                (None, None) => None,
+            }
+        };
+        let (hidden, opaque) = if name == OPAQUE {
+            (join(None), true)
+        } else {
+            (join(Some(&name[WHITEOUT.len()..])), false)
+        };
+        let hidden = match hidden {
+            None => None,
+            Some(h) => Some(SafePath::new(&h).map_err(|e| Self::refuse(layer, raw, e.reason))?),
+        };
+        // Which tree folder/path is hidden, after --subpath.
+        let place = match &hidden {
+            None => Place::Root,
+            Some(h) => match self.place(h, layer.selection) {
+                Place::Outside
+                    if layer
+                        .selection
+                        .subpath()
+                        .is_some_and(|sub| is_at_or_below(sub, h)) =>
+                {
+                    // The whiteout hides a folder holding the whole subpath.
+                    return self.clear_dir(None, layer);
+                }
+                other => other,
+            },
+        };
+        match (place, opaque) {
+            (Place::Outside, _) => Ok(()),
+            (Place::Root, _) => self.clear_dir(None, layer),
+            (Place::At(p), true) => {
+                if self.through_symlink(&p).is_some() {
+                    return Err(Self::refuse(
+                        layer,
+                        raw,
+                        "the whiteout passes through a symlink",
+                    ));
+                }
+                if fs::symlink_metadata(p.under(self.root)).is_ok_and(|m| m.is_dir()) {
+                    self.clear_dir(Some(&p), layer)?;
+                }
+                Ok(())
+            }
+            (Place::At(p), false) => {
+                if layer.created.contains(p.as_str()) {
+                    return Ok(());
+                }
+                if self.through_symlink(&p).is_some() {
+                    return Err(Self::refuse(
+                        layer,
+                        raw,
+                        "the whiteout passes through a symlink",
+                    ));
+                }
+                self.remove(&p)
+            }
+        }
+    }
+
+    /// Removes what lower layers put in `dir` (the root when `None`), keeping this layer's.
+    fn clear_dir(
+        &mut self,
+        dir: Option<&SafePath>,
+        layer: &Layer<'_>,
+    ) -> Result<(), MaterializeError> {
+        let at = dir.map_or_else(|| self.root.to_path_buf(), |d| d.under(self.root));
+        let children: Vec<String> = fs::read_dir(&at)
+            .map_err(io_err(&at))?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()
+            .map_err(io_err(&at))?;
+        for child in children {
+            let rel = match dir {
+                Some(d) => format!("{d}/{child}"),
+                None => child,
+            };
+            let rel = SafePath::new(&rel).expect("a child of a safe path is safe");
+            if layer.created.contains(rel.as_str()) {
+                if fs::symlink_metadata(rel.under(self.root)).is_ok_and(|m| m.is_dir()) {
+                    self.clear_dir(Some(&rel), layer)?;
+                }
+            } else {
+                self.remove(&rel)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, path: &SafePath) -> Result<(), MaterializeError> {
+        remove_tree(&path.under(self.root))?;
+        let prefix = format!("{path}/");
+        self.files
+            .retain(|p, _| p != path && !p.as_str().starts_with(&prefix));
+        Ok(())
+    }
+
+    /// The first ancestor of `path` in the tree that is a symlink, if any.
+    fn through_symlink(&self, path: &SafePath) -> Option<String> {
+        let mut prefix = PathBuf::from(self.root);
+        let parts: Vec<&str> = path.as_str().split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            prefix.push(part);
+            if fs::symlink_metadata(&prefix).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Some(prefix.strip_prefix(self.root).ok()?.display().to_string());
+            }
+        }
+        None
+    }
+
+    /// Creates the folders above `path`; refuses to pass through a symlink, and (outside
+    /// images) to turn a file into a folder.
+    fn ensure_parent(
+        &mut self,
+        path: &SafePath,
+        digest: &str,
+        overlay: bool,
+        mut created: Option<&mut HashSet<String>>,
+    ) -> Result<(), MaterializeError> {
+        let parts: Vec<&str> = path.as_str().split('/').collect();
+        let mut rel = String::new();
+        for part in &parts[..parts.len() - 1] {
+            if !rel.is_empty() {
+                rel.push('/');
+            }
+            rel.push_str(part);
+            let at = self.root.join(&rel);
+            match fs::symlink_metadata(&at) {
+                Ok(meta) if meta.is_dir() => continue,
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(MaterializeError::UnsafeEntry {
+                        digest: digest.to_string(),
+                        entry: path.to_string(),
+                        reason: format!("it passes through the symlink {rel:?}"),
+                    })
+                }
+                Ok(_) if overlay => {
+                    self.remove(&SafePath::new(&rel).expect("prefix of a safe path"))?;
+                }
+                Ok(_) => {
+                    return Err(MaterializeError::DuplicatePath {
+                        digest: digest.to_string(),
+                        path: path.to_string(),
+                        detail: format!("{rel:?} is a file, not a folder"),
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&at)(e)),
+            }
+            if let Some(created) = created.as_deref_mut() {
+                self.count_for(digest, path.as_str())?;
+                created.insert(rel.clone());
+            }
+            fs::create_dir(&at).map_err(io_err(&at))?;
+        }
+        Ok(())
+    }
+
+    /// Makes room for a new entry at `path`. Returns true when a folder is already there
+    /// and a folder is wanted. Outside images, a second entry for one path is refused.
+    fn clear_target(
+        &mut self,
+        path: &SafePath,
+        digest: &str,
+        want_dir: bool,
+        overlay: bool,
+    ) -> Result<bool, MaterializeError> {
+        let at = path.under(self.root);
+        match fs::symlink_metadata(&at) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err(&at)(e)),
+            Ok(meta) if meta.is_dir() && want_dir => Ok(true),
+            Ok(_) if overlay => {
+                self.remove(path)?;
+                Ok(false)
+            }
+            Ok(_) => Err(MaterializeError::DuplicatePath {
+                digest: digest.to_string(),
+                path: path.to_string(),
+                detail: "the model already has an entry there".into(),
+            }),
+        }
+    }
+}
+
+/// `path` equals `dir` or lies below it.
+fn is_at_or_below(path: &SafePath, dir: &SafePath) -> bool {
+    path == dir
+        || path
+            .as_str()
+            .strip_prefix(dir.as_str())
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The relative symlink text leading from the link at `link` to `target` (`None`: the root).
+fn relative_link(link: &SafePath, target: Option<&SafePath>) -> String {
+    let from: Vec<&str> = link.as_str().split('/').collect();
+    let from = &from[..from.len() - 1];
+    let to: Vec<&str> = target.map_or_else(Vec::new, |t| t.as_str().split('/').collect());
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<&str> = vec![".."; from.len() - common];
+    parts.extend(&to[common..]);
+    if parts.is_empty() {
+        ".".to_string()
+    } else {
+        parts.join("/")
+    }
+}
+
+/// Hashes the decompressed tar stream and stops it past `cap` bytes.
+struct CappedHashingReader {
+    inner: Box<dyn Read>,
+    hasher: Sha256,
+    read: u64,
+    cap: u64,
+}
+
+impl Read for CappedHashingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.cap {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                format!(
+                    "the decompressed archive exceeds {} bytes (a decompression bomb?); raise \
+                     --max-compression-ratio or --max-expanded-size if the model is really this large",
+                    self.cap
+                ),
+            ));
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_links() {
+        let p = |s: &str| SafePath::new(s).unwrap();
+        assert_eq!(relative_link(&p("a/b/link"), Some(&p("a/c"))), "../c");
+        assert_eq!(relative_link(&p("link"), Some(&p("x/y"))), "x/y");
+        assert_eq!(relative_link(&p("a/link"), None), "..");
+        assert_eq!(relative_link(&p("a/link"), Some(&p("a"))), ".");
+    }
+}

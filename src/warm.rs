@@ -1,0 +1,224 @@
+//! The warm list: a YAML file (a ConfigMap key) naming models every node should hold, and one
+//! warming pass over it. `tugboat warm FILE` runs one pass; the node daemon repeats it on an
+//! interval and whenever the file changes.
+
+use crate::progress::Progress;
+use crate::pull::{pull, PullPolicy, PullRequest};
+use crate::reference::Reference;
+use crate::registry::RegistryClient;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The file's shape:
+/// ```yaml
+/// interval: 10m
+/// models:
+///   - reference: harbor.example.com/ml-models/tinyllama:v1.0.0-gguf
+///     pullPolicy: IfNotPresent      # optional
+///     nodeSelector: {gpu: a100}     # optional: only nodes with these labels
+/// ```
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WarmList {
+    #[serde(default = "default_interval", with = "humantime_serde_compat")]
+    pub interval: Duration,
+    #[serde(default)]
+    pub models: Vec<WarmEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WarmEntry {
+    pub reference: String,
+    #[serde(default)]
+    pub pull_policy: Option<PullPolicy>,
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(600)
+}
+
+mod humantime_serde_compat {
+    use serde::Deserialize;
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        let duration = humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("interval {text:?}: {e} (try 30s, 10m, 1h)"))
+        })?;
+        if duration < Duration::from_secs(1) {
+            return Err(serde::de::Error::custom("interval must be at least 1s"));
+        }
+        Ok(duration)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WarmError {
+    #[error("warm list {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("warm list {}: {detail}", path.display())]
+    Invalid { path: PathBuf, detail: String },
+}
+
+/// Where one entry stands after a pass.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WarmState {
+    /// In the cache.
+    Ready,
+    /// The node's labels do not match the entry's selector.
+    NotForThisNode,
+    /// The last attempt failed; the next pass retries.
+    Failed,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WarmStatus {
+    pub reference: String,
+    pub state: WarmState,
+    pub digest: Option<String>,
+    pub bytes_fetched: u64,
+    pub error: Option<String>,
+}
+
+impl WarmList {
+    /// Reads and validates the file (every reference must parse).
+    pub fn load(path: &Path) -> Result<WarmList, WarmError> {
+        let text = std::fs::read_to_string(path).map_err(|source| WarmError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let list: WarmList = serde_yaml_ng::from_str(&text).map_err(|e| WarmError::Invalid {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        for entry in &list.models {
+            entry
+                .reference
+                .parse::<Reference>()
+                .map_err(|e| WarmError::Invalid {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                })?;
+        }
+        Ok(list)
+    }
+}
+
+impl WarmEntry {
+    fn selects(&self, node_labels: &BTreeMap<String, String>) -> bool {
+        self.node_selector
+            .iter()
+            .all(|(k, v)| node_labels.get(k) == Some(v))
+    }
+}
+
+/// Pulls every entry meant for this node into `cache`, one after another (each pull is
+/// itself parallel), and reports each entry's state. Failures do not stop the pass.
+pub async fn warm_once(
+    list: &WarmList,
+    node_labels: &BTreeMap<String, String>,
+    cache: &Path,
+    registry: &RegistryClient,
+    concurrency: usize,
+) -> Vec<WarmStatus> {
+    let mut statuses = Vec::new();
+    for entry in &list.models {
+        let mut status = WarmStatus {
+            reference: entry.reference.clone(),
+            state: WarmState::NotForThisNode,
+            digest: None,
+            bytes_fetched: 0,
+            error: None,
+        };
+        if !entry.selects(node_labels) {
+            statuses.push(status);
+            continue;
+        }
+        let reference: Reference = entry.reference.parse().expect("validated at load");
+        let request = PullRequest {
+            reference,
+            dest: None,
+            cache: Some(cache.to_path_buf()),
+            policy: entry.pull_policy.unwrap_or(PullPolicy::IfNotPresent),
+            verify: false,
+            concurrency,
+            format: None,
+            layout: Default::default(),
+        };
+        match pull(&request, registry, &Progress::hidden()).await {
+            Ok(report) => {
+                tracing::info!(reference = %entry.reference, digest = %report.digest, fetched = report.bytes_fetched, "warm");
+                status.state = WarmState::Ready;
+                status.digest = Some(report.digest.to_string());
+                status.bytes_fetched = report.bytes_fetched;
+            }
+            Err(e) => {
+                tracing::warn!(reference = %entry.reference, error = %e, "warming failed; the next pass retries");
+                status.state = WarmState::Failed;
+                status.error = Some(e.to_string());
+            }
+        }
+        statuses.push(status);
+    }
+    statuses
+}
+
+/// Parses `k=v,k2=v2` (the `--node-labels` flag).
+pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+    text.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| format!("{pair:?}: expected key=value"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warm.yaml");
+        std::fs::write(
+            &path,
+            "interval: 10m\nmodels:\n  - reference: harbor.example.com/ml-models/tinyllama:v1.0.0-gguf\n    pullPolicy: IfNotPresent\n  - reference: r.example.com/m/x:1\n    nodeSelector: {gpu: a100}\n",
+        )
+        .unwrap();
+        let list = WarmList::load(&path).unwrap();
+        assert_eq!(list.interval, Duration::from_secs(600));
+        assert_eq!(list.models.len(), 2);
+        assert_eq!(list.models[0].pull_policy, Some(PullPolicy::IfNotPresent));
+        let labels = parse_labels("gpu=a100,zone=a").unwrap();
+        assert!(list.models[1].selects(&labels));
+        assert!(!list.models[1].selects(&BTreeMap::new()));
+    }
+
+    #[test]
+    fn refuses_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warm.yaml");
+        for bad in [
+            "interval: soon\n",
+            "models:\n  - reference: UPPER/x\n",
+            "modles: []\n",
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(WarmList::load(&path).is_err(), "{bad:?}");
+        }
+        assert!(WarmList::load(&dir.path().join("missing")).is_err());
+    }
+}

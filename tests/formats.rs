@@ -1,0 +1,557 @@
+//! Every packaging format users push, pulled file-for-file against a real registry on
+//! loopback: ORAS files and directories (pushed with oras-py), CNCF ModelPack and KitOps
+//! ModelKits (built to their specs here), OCI images (an OCI layout copied by skopeo), plus
+//! `--only`, `--include`, `--subpath`, whiteouts and `tugboat inspect`.
+
+#[path = "common/artifacts.rs"]
+mod artifacts;
+mod common;
+
+use artifacts::{gzip, push_artifact, read, tar, zstd, Entry, Layer};
+use common::*;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+const MP_WEIGHT_RAW: &str = "application/vnd.cncf.model.weight.v1.raw";
+const MP_WEIGHT_TAR: &str = "application/vnd.cncf.model.weight.v1.tar";
+const MP_CONFIG_TGZ: &str = "application/vnd.cncf.model.weight.config.v1.tar+gzip";
+const MP_DOC_TZST: &str = "application/vnd.cncf.model.doc.v1.tar+zstd";
+const MP_CODE_RAW: &str = "application/vnd.cncf.model.code.v1.raw";
+const MP_ARTIFACT: &str = "application/vnd.cncf.model.manifest.v1+json";
+const MP_CONFIG: &str = "application/vnd.cncf.model.config.v1+json";
+const FILEPATH: &str = "org.cncf.model.filepath";
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("tugboat-fmt-")
+        .tempdir()
+        .unwrap()
+}
+
+/// The ModelPack artifact used by several tests: returns (files by path, weight digests).
+fn push_modelpack(reg: &Registry, repo: &str) -> (Vec<(String, Vec<u8>)>, Vec<String>) {
+    let weights_a = random_bytes(600_000, 7);
+    let weights_b = random_bytes(300_000, 8);
+    let config_json = br#"{"architectures":["LlamaForCausalLM"]}"#.to_vec();
+    let tokenizer = br#"{"model":{"type":"BPE"}}"#.to_vec();
+    let readme = b"# tiny\n".to_vec();
+    let script = b"print('serve')\n".to_vec();
+    let layers = vec![
+        Layer::new(
+            MP_WEIGHT_RAW,
+            weights_a.clone(),
+            &[(FILEPATH, "model-00001.safetensors")],
+        ),
+        Layer::new(
+            MP_WEIGHT_TAR,
+            tar(&[Entry::File("shards/model-00002.safetensors", &weights_b)]),
+            &[(FILEPATH, "shards/model-00002.safetensors")],
+        ),
+        Layer::new(
+            MP_CONFIG_TGZ,
+            gzip(&tar(&[Entry::File("config.json", &config_json)])),
+            &[(FILEPATH, "config.json")],
+        ),
+        Layer::new(
+            MP_CONFIG_TGZ,
+            gzip(&tar(&[
+                Entry::Dir("tok/"),
+                Entry::File("tok/tokenizer.json", &tokenizer),
+            ])),
+            &[(FILEPATH, "tok")],
+        ),
+        Layer::new(
+            MP_DOC_TZST,
+            zstd(&tar(&[Entry::File("README.md", &readme)])),
+            &[(FILEPATH, "README.md")],
+        ),
+        Layer::new(MP_CODE_RAW, script.clone(), &[(FILEPATH, "code/serve.py")]),
+    ];
+    let config = serde_json::json!({
+        "descriptor": {"name": "tiny-llama", "family": "llama", "version": "1.0"},
+        "config": {"architecture": "transformer", "format": "safetensors", "paramSize": "1.1B",
+                   "precision": "bf16", "quantization": "none"},
+        "modelfs": {"type": "layers", "diffIds": []}
+    });
+    let config = serde_json::to_vec(&config).unwrap();
+    push_artifact(
+        &reg.host(),
+        repo,
+        "v1",
+        Some(MP_ARTIFACT),
+        (MP_CONFIG, &config),
+        &layers,
+        &[("org.cnai.model.name", "tiny-llama")],
+    );
+    let weight_digests = vec![
+        artifacts::sha256(&layers[0].bytes),
+        artifacts::sha256(&layers[1].bytes),
+    ];
+    let files = vec![
+        ("model-00001.safetensors".to_string(), weights_a),
+        ("shards/model-00002.safetensors".to_string(), weights_b),
+        ("config.json".to_string(), config_json),
+        ("tok/tokenizer.json".to_string(), tokenizer),
+        ("README.md".to_string(), readme),
+        ("code/serve.py".to_string(), script),
+    ];
+    (files, weight_digests)
+}
+
+fn assert_tree(dest: &Path, files: &[(String, Vec<u8>)]) {
+    for (path, bytes) in files {
+        let got = read(&dest.join(path));
+        assert!(
+            got == *bytes,
+            "{path}: pulled bytes differ; dest has {:?}",
+            walk(dest)
+        );
+    }
+    let regular: Vec<_> = walk(dest)
+        .into_iter()
+        .filter(|p| {
+            !p.starts_with(".tugboat")
+                && fs::symlink_metadata(dest.join(p)).is_ok_and(|m| m.is_file())
+        })
+        .collect();
+    assert_eq!(
+        regular.len(),
+        files.len(),
+        "unexpected extra files: {regular:?}"
+    );
+}
+
+#[test]
+fn modelpack_round_trip_raw_tar_gzip_zstd() {
+    let reg = Registry::start();
+    let (files, _) = push_modelpack(&reg, "mp/tiny");
+    let dir = tmp();
+    let dest = dir.path().join("dest");
+    let run = pull(
+        &reg.reference("mp/tiny:v1"),
+        &dest,
+        Some(&dir.path().join("cache")),
+        &["--json"],
+    );
+    run.assert_ok("modelpack pull");
+    assert_eq!(run.json()["format"], "modelpack");
+    assert_tree(&dest, &files);
+    // --verify re-hashes the stamped files, unpacked ones included.
+    pull(
+        &reg.reference("mp/tiny:v1"),
+        &dest,
+        Some(&dir.path().join("cache")),
+        &["--verify"],
+    )
+    .assert_ok("verify re-pull");
+}
+
+#[test]
+fn only_weights_fetches_only_weight_layers() {
+    let reg = Registry::start();
+    let (files, weight_digests) = push_modelpack(&reg, "mp/only");
+    let dir = tmp();
+    let dest = dir.path().join("dest");
+    let mark = reg.mark();
+    pull(
+        &reg.reference("mp/only:v1"),
+        &dest,
+        None,
+        &["--only", "weights"],
+    )
+    .assert_ok("--only weights");
+    let mut fetched: Vec<String> = reg
+        .blob_gets_since(mark)
+        .into_iter()
+        .filter(|g| g.status == 200 || g.status == 206)
+        .map(|g| g.digest)
+        .collect();
+    fetched.sort();
+    let mut expected = weight_digests.clone();
+    expected.sort();
+    assert_eq!(
+        fetched, expected,
+        "only the two weight layers may be downloaded"
+    );
+    assert_tree(&dest, &files[..2]);
+}
+
+#[test]
+fn inspect_reads_only_manifest_and_config() {
+    let reg = Registry::start();
+    let (_, weight_digests) = push_modelpack(&reg, "mp/inspect");
+    let mark = reg.mark();
+    let mut cmd = tugboat();
+    cmd.args([
+        "inspect",
+        &reg.reference("mp/inspect:v1"),
+        "--plain-http",
+        "--json",
+        "--only",
+        "weights",
+    ]);
+    let run = run(&mut cmd, TIMEOUT);
+    run.assert_ok("inspect");
+    let report = run.json();
+    assert_eq!(report["format"], "modelpack");
+    assert_eq!(report["metadata"]["name"], "tiny-llama");
+    assert_eq!(report["metadata"]["family"], "llama");
+    assert_eq!(report["metadata"]["param_size"], "1.1B");
+    assert_eq!(report["metadata"]["format"], "safetensors");
+    assert_eq!(report["layers"].as_array().unwrap().len(), 6);
+    assert_eq!(report["fetch_layers"], 2);
+    assert_eq!(report["skip_layers"], 4);
+    let gets = reg.blob_gets_since(mark);
+    assert_eq!(
+        gets.len(),
+        1,
+        "inspect reads the config blob only: {gets:?}"
+    );
+    assert!(!weight_digests.contains(&gets[0].digest));
+    // Human output names the format and the files.
+    let mut cmd = tugboat();
+    cmd.args(["inspect", &reg.reference("mp/inspect:v1"), "--plain-http"]);
+    let text = common::run(&mut cmd, TIMEOUT);
+    text.assert_ok("inspect text");
+    assert!(
+        text.stdout.contains("modelpack") && text.stdout.contains("model-00001.safetensors"),
+        "{}",
+        text.stdout
+    );
+}
+
+#[test]
+fn kitops_modelkit_round_trip() {
+    let reg = Registry::start();
+    let gguf = random_bytes(500_000, 3);
+    let csv = b"a,b\n1,2\n".to_vec();
+    let code = b"import torch\n".to_vec();
+    let readme = b"docs\n".to_vec();
+    let kitfile = serde_json::json!({
+        "manifestVersion": "1.0.0",
+        "package": {"name": "tinyllama", "version": "1.0.0", "description": "test kit"},
+        "model": {"name": "tinyllama", "path": "models/tiny.gguf", "framework": "gguf"},
+        "datasets": [{"name": "train", "path": "data/train.csv"}],
+        "code": [{"path": "src"}],
+        "docs": [{"path": "README.md"}]
+    });
+    let kitfile = serde_json::to_vec(&kitfile).unwrap();
+    let layers = vec![
+        Layer::new(
+            "application/vnd.kitops.modelkit.model.v1.tar+gzip",
+            gzip(&tar(&[
+                Entry::Dir("models/"),
+                Entry::File("models/tiny.gguf", &gguf),
+            ])),
+            &[],
+        ),
+        Layer::new(
+            "application/vnd.kitops.modelkit.dataset.v1.tar",
+            tar(&[Entry::File("data/train.csv", &csv)]),
+            &[],
+        ),
+        Layer::new(
+            "application/vnd.kitops.modelkit.code.v1.tar+gzip",
+            gzip(&tar(&[
+                Entry::Dir("src"),
+                Entry::FileMode("src/train.py", &code, 0o755),
+            ])),
+            &[],
+        ),
+        Layer::new(
+            "application/vnd.kitops.modelkit.docs.v1.tar+gzip",
+            gzip(&tar(&[Entry::File("README.md", &readme)])),
+            &[],
+        ),
+    ];
+    push_artifact(
+        &reg.host(),
+        "kit/tiny",
+        "v1",
+        None,
+        ("application/vnd.kitops.modelkit.config.v1+json", &kitfile),
+        &layers,
+        &[],
+    );
+    let dir = tmp();
+    let dest = dir.path().join("dest");
+    let run = pull(&reg.reference("kit/tiny:v1"), &dest, None, &["--json"]);
+    run.assert_ok("kitops pull");
+    assert_eq!(run.json()["format"], "kitops");
+    assert_tree(
+        &dest,
+        &[
+            ("models/tiny.gguf".into(), gguf.clone()),
+            ("data/train.csv".into(), csv),
+            ("src/train.py".into(), code),
+            ("README.md".into(), readme),
+            ("Kitfile".into(), kitfile),
+        ],
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(dest.join("src/train.py"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o111, 0o111, "the executable bit survives");
+    // --only weights: the model layer alone.
+    let only = dir.path().join("only");
+    pull(
+        &reg.reference("kit/tiny:v1"),
+        &only,
+        None,
+        &["--only", "weights"],
+    )
+    .assert_ok("kit --only");
+    assert_tree(&only, &[("models/tiny.gguf".into(), gguf)]);
+}
+
+#[test]
+fn oras_files_and_directories_pushed_by_oras_py() {
+    let reg = Registry::start();
+    let src = tmp();
+    let model = src.path().join("model.gguf");
+    write_random_file(&model, 2 << 20, 11);
+    let tokenizer = src.path().join("tokenizer");
+    fs::create_dir_all(tokenizer.join("nested")).unwrap();
+    fs::write(tokenizer.join("vocab.json"), b"{\"a\":1}").unwrap();
+    fs::write(tokenizer.join("nested/merges.txt"), b"a b\n").unwrap();
+    oras_push(
+        &reg.host(),
+        "oras/tiny:v1",
+        &[model.clone(), tokenizer.clone()],
+    );
+
+    let dir = tmp();
+    let dest = dir.path().join("dest");
+    pull(&reg.reference("oras/tiny:v1"), &dest, None, &[]).assert_ok("oras pull");
+    assert_same_files(
+        &dest,
+        &[
+            ("model.gguf", model.as_path()),
+            (
+                "tokenizer/vocab.json",
+                tokenizer.join("vocab.json").as_path(),
+            ),
+            (
+                "tokenizer/nested/merges.txt",
+                tokenizer.join("nested/merges.txt").as_path(),
+            ),
+        ],
+    );
+
+    // --include names the gguf; the directory layer cannot hold it and is never downloaded.
+    let mark = reg.mark();
+    let only = dir.path().join("only");
+    pull(
+        &reg.reference("oras/tiny:v1"),
+        &only,
+        None,
+        &["--include", "model.gguf"],
+    )
+    .assert_ok("include");
+    assert_eq!(list_dir(&only), vec!["model.gguf"]);
+    let gets: Vec<_> = reg
+        .blob_gets_since(mark)
+        .into_iter()
+        .filter(|g| g.status == 200)
+        .collect();
+    assert_eq!(gets.len(), 1, "only the gguf blob is fetched: {gets:?}");
+    assert_eq!(gets[0].digest, sha256_file(&model));
+
+    // A glob that could match inside the directory fetches it and filters its entries.
+    let globbed = dir.path().join("globbed");
+    pull(
+        &reg.reference("oras/tiny:v1"),
+        &globbed,
+        None,
+        &["--include", "*.gguf,*.txt"],
+    )
+    .assert_ok("globs");
+    assert!(globbed.join("model.gguf").is_file());
+    assert!(globbed.join("tokenizer/nested/merges.txt").is_file());
+    assert!(!globbed.join("tokenizer/vocab.json").exists());
+
+    // --exclude drops a folder of the directory layer.
+    let ex = dir.path().join("ex");
+    pull(
+        &reg.reference("oras/tiny:v1"),
+        &ex,
+        None,
+        &["--exclude", "tokenizer/nested"],
+    )
+    .assert_ok("exclude");
+    assert!(ex.join("tokenizer/vocab.json").is_file());
+    assert!(!ex.join("tokenizer/nested").exists());
+}
+
+/// Writes an OCI image layout with the given layers (already compressed as named).
+fn oci_layout(dir: &Path, layers: &[(&str, Vec<u8>, Vec<u8>)]) {
+    fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    let put = |bytes: &[u8]| {
+        let digest = artifacts::sha256(bytes);
+        fs::write(dir.join("blobs/sha256").join(&digest[7..]), bytes).unwrap();
+        digest
+    };
+    let diff_ids: Vec<String> = layers
+        .iter()
+        .map(|(_, _, tar)| artifacts::sha256(tar))
+        .collect();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {}, "rootfs": {"type": "layers", "diff_ids": diff_ids}
+    });
+    let config = serde_json::to_vec(&config).unwrap();
+    let config_digest = put(&config);
+    let layer_descs: Vec<_> = layers
+        .iter()
+        .map(|(mt, bytes, _)| {
+            serde_json::json!({
+                "mediaType": mt, "digest": put(bytes), "size": bytes.len()
+            })
+        })
+        .collect();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": layer_descs
+    })).unwrap();
+    let manifest_digest = put(&manifest);
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest_digest, "size": manifest.len(),
+                "annotations": {"org.opencontainers.image.ref.name": "v1"}}]
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn oci_image_copied_by_skopeo_with_subpath_and_whiteouts() {
+    let reg = Registry::start();
+    let a = random_bytes(400_000, 21);
+    let b = random_bytes(200_000, 22);
+    let base = tar(&[
+        Entry::Dir("etc/"),
+        Entry::File("etc/os-release", b"ID=test\n"),
+        Entry::Dir("models/"),
+        Entry::File("models/a.bin", &a),
+        Entry::File("models/old.bin", b"stale"),
+        Entry::Dir("models/cache/"),
+        Entry::File("models/cache/x", b"x"),
+        Entry::Symlink("models/latest", "/models/a.bin"),
+    ]);
+    let top = tar(&[
+        Entry::Dir("models/"),
+        Entry::File("models/.wh.old.bin", b""),
+        Entry::Dir("models/cache/"),
+        Entry::File("models/cache/.wh..wh..opq", b""),
+        Entry::File("models/cache/y", b"y"),
+        Entry::File("models/b.bin", &b),
+    ]);
+    let layout = tmp();
+    oci_layout(
+        layout.path(),
+        &[
+            ("application/vnd.oci.image.layer.v1.tar", base.clone(), base),
+            (
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+                zstd(&top),
+                top.clone(),
+            ),
+        ],
+    );
+    let out = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false", "--preserve-digests"])
+        .arg(format!("oci:{}:v1", layout.path().display()))
+        .arg(format!("docker://{}", reg.reference("img/modelcar:v1")))
+        .output()
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dir = tmp();
+    let dest = dir.path().join("models");
+    let run = pull(
+        &reg.reference("img/modelcar:v1"),
+        &dest,
+        None,
+        &["--subpath", "/models", "--json"],
+    );
+    run.assert_ok("image pull --subpath");
+    assert_eq!(run.json()["format"], "image");
+    assert_tree(
+        &dest,
+        &[
+            ("a.bin".into(), a.clone()),
+            ("b.bin".into(), b.clone()),
+            ("cache/y".into(), b"y".to_vec()),
+        ],
+    );
+    assert!(
+        !dest.join("old.bin").exists(),
+        "the whiteout removed old.bin"
+    );
+    assert!(
+        !dest.join("cache/x").exists(),
+        "the opaque whiteout hid cache/x"
+    );
+    assert_eq!(
+        fs::read_link(dest.join("latest")).unwrap(),
+        Path::new("a.bin")
+    );
+    assert_eq!(
+        read(&dest.join("latest")),
+        a,
+        "the symlink resolves inside the model"
+    );
+
+    // The whole filesystem without --subpath.
+    let whole = dir.path().join("whole");
+    pull(&reg.reference("img/modelcar:v1"), &whole, None, &[]).assert_ok("image pull");
+    assert_eq!(read(&whole.join("etc/os-release")), b"ID=test\n");
+    assert_eq!(read(&whole.join("models/b.bin")), b);
+    assert!(!whole.join("models/old.bin").exists());
+}
+
+#[test]
+fn format_override_unpacks_an_oras_tarball_as_an_image() {
+    let reg = Registry::start();
+    let data = b"inside".to_vec();
+    let layers = vec![Layer::new(
+        "application/vnd.oci.image.layer.v1.tar",
+        tar(&[Entry::File("inner/file.txt", &data)]),
+        &[("org.opencontainers.image.title", "bundle.tar")],
+    )];
+    push_artifact(
+        &reg.host(),
+        "fmt/over",
+        "v1",
+        Some("application/vnd.example"),
+        ("application/vnd.oci.empty.v1+json", b"{}"),
+        &layers,
+        &[],
+    );
+    let dir = tmp();
+    let as_oras = dir.path().join("oras");
+    pull(&reg.reference("fmt/over:v1"), &as_oras, None, &[]).assert_ok("auto");
+    assert!(as_oras.join("bundle.tar").is_file());
+    let as_image = dir.path().join("image");
+    pull(
+        &reg.reference("fmt/over:v1"),
+        &as_image,
+        None,
+        &["--format", "image"],
+    )
+    .assert_ok("--format image");
+    assert_eq!(read(&as_image.join("inner/file.txt")), data);
+}
