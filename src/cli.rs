@@ -112,6 +112,10 @@ struct PullArgs {
     /// Blobs downloaded at once.
     #[arg(long, env = "TUGBOAT_CONCURRENCY", default_value_t = 4)]
     concurrency: usize,
+    /// After the pull, evict least-recently-used unleased models until --cache is below this
+    /// size (e.g. 500GiB). The model just pulled is kept.
+    #[arg(long, env = "TUGBOAT_CACHE_MAX_SIZE", value_parser = tugboat::cache::parse_size, requires = "cache")]
+    cache_max_size: Option<u64>,
     /// Print a JSON summary on stdout (digest, files, bytes fetched and reused, seconds).
     #[arg(long, env = "TUGBOAT_JSON")]
     json: bool,
@@ -195,10 +199,30 @@ struct RegistryArgs {
     /// Attempts per request on 429, 5xx and connection loss.
     #[arg(long, env = "TUGBOAT_RETRIES", default_value_t = 5)]
     retries: u32,
+    /// Bytes per Range request when a large blob is fetched in parallel chunks (e.g. 16MiB);
+    /// default: sized from the blob.
+    #[arg(long, env = "TUGBOAT_CHUNK_SIZE", value_parser = parse_chunk_size)]
+    chunk_size: Option<u64>,
+    /// Parallel Range streams per large blob (1 = one stream); default: ramps up to 16 while
+    /// the measured throughput keeps growing.
+    #[arg(long, env = "TUGBOAT_STREAMS_PER_BLOB")]
+    streams_per_blob: Option<usize>,
+    /// Blob requests in flight at once, all layers and chunks together.
+    #[arg(long, env = "TUGBOAT_MAX_REQUESTS", default_value_t = tugboat::registry::DEFAULT_MAX_REQUESTS)]
+    max_requests: usize,
+}
+
+fn parse_chunk_size(text: &str) -> Result<u64, String> {
+    match tugboat::cache::parse_size(text) {
+        Ok(n) if n >= 64 * 1024 => Ok(n),
+        Ok(_) => Err("the chunk size must be at least 64KiB".into()),
+        Err(e) => Err(e),
+    }
 }
 
 impl RegistryArgs {
-    fn client(&self) -> Result<RegistryClient, Failure> {
+    /// The registry options without building a client (the daemon builds one per request).
+    pub fn options(&self) -> Result<RegistryOptions, Failure> {
         let mirrors = self
             .mirror
             .iter()
@@ -207,7 +231,7 @@ impl RegistryArgs {
             .map_err(|e| Failure::new(exit::USAGE, e.into()))?;
         let credentials = CredentialStore::load(self.docker_config.as_deref())
             .map_err(|e| Failure::new(exit::USAGE, e.into()))?;
-        RegistryClient::new(RegistryOptions {
+        Ok(RegistryOptions {
             endpoints: EndpointPolicy {
                 plain_http: self.plain_http,
                 insecure_hosts: self.insecure_registry.clone(),
@@ -216,8 +240,16 @@ impl RegistryArgs {
             ca_file: self.ca_file.clone(),
             credentials,
             max_attempts: self.retries.max(1),
+            transfer: tugboat::registry::TransferOptions::new(
+                self.chunk_size,
+                self.streams_per_blob,
+                self.max_requests,
+            ),
         })
-        .map_err(|e| Failure::new(exit::USAGE, e.into()))
+    }
+
+    fn client(&self) -> Result<RegistryClient, Failure> {
+        RegistryClient::new(self.options()?).map_err(|e| Failure::new(exit::USAGE, e.into()))
     }
 }
 
@@ -306,6 +338,9 @@ async fn pull(args: PullArgs) -> Result<(), Failure> {
             };
             Failure::new(code, e.into())
         })?;
+    if let (Some(max_size), Some(snapshot)) = (args.cache_max_size, &report.snapshot) {
+        collect_after_pull(snapshot, max_size)?;
+    }
     if args.json {
         println!(
             "{}",
@@ -331,6 +366,32 @@ async fn pull(args: PullArgs) -> Result<(), Failure> {
             human_bytes(report.bytes_reused),
             report.seconds
         );
+    }
+    Ok(())
+}
+
+/// Keeps a shared cache under `max_size` after a pull, sparing the model just pulled.
+fn collect_after_pull(snapshot: &std::path::Path, max_size: u64) -> Result<(), Failure> {
+    let storage = |e: tugboat::cache::CacheError| Failure::new(exit::STORAGE, e.into());
+    let root = snapshot
+        .parent()
+        .and_then(|snapshots| snapshots.parent())
+        .expect("snapshots live in CACHE/snapshots/");
+    let cache = tugboat::cache::Cache::open(root).map_err(storage)?;
+    let mut policy = tugboat::cache::GcPolicy {
+        max_size: Some(max_size),
+        ..Default::default()
+    };
+    if let Some(id) = snapshot
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|hex| tugboat::digest::Digest::from_hex(hex).ok())
+    {
+        policy.protected.insert(id);
+    }
+    let report = cache.gc(&policy).map_err(storage)?;
+    if !report.snapshots_removed.is_empty() {
+        tracing::info!(freed = report.bytes_freed, models = ?report.snapshots_removed, "cache over --cache-max-size: evicted least recently used models");
     }
     Ok(())
 }

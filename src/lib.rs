@@ -8,6 +8,7 @@ pub mod csi;
 pub mod digest;
 pub mod inspect;
 pub mod materialize;
+pub mod metrics;
 pub mod node;
 pub mod progress;
 pub mod pull;

@@ -2,7 +2,9 @@
 //! -> destination. Pull policies decide when the registry is asked at all.
 
 use crate::artifact::{self, ArtifactError, Format, Manifest, Parsed, Plan};
-use crate::cache::{Cache, CacheError, Ingest, SnapshotFile, SnapshotInfo, SnapshotSlot};
+use crate::cache::{
+    Cache, CacheError, ChunkedIngest, Ingest, SnapshotFile, SnapshotInfo, SnapshotSlot,
+};
 use crate::digest::Digest;
 use crate::materialize::{self, MaterializeError, Stamp};
 use crate::progress::Progress;
@@ -13,6 +15,8 @@ use futures_util::{StreamExt, TryStreamExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+mod chunks;
 
 /// When to contact the registry, as for Kubernetes images.
 #[derive(
@@ -506,8 +510,12 @@ async fn fetch_blobs(
     // Largest first, so the long download starts at once.
     blobs.sort_by_key(|b| std::cmp::Reverse(b.size));
     check_space(cache, &blobs, plan.unpacked_bytes_estimate())?;
-    let totals = futures_util::stream::iter(blobs)
+    // The futures are built up front (not in a `map` closure) so the pipeline stays `Send`.
+    let downloads: Vec<_> = blobs
+        .into_iter()
         .map(|blob| fetch_blob(cache, source, blob, progress))
+        .collect();
+    let totals = futures_util::stream::iter(downloads)
         .buffer_unordered(concurrency.max(1))
         .try_fold(Fetched::default(), |acc, one| async move {
             Ok(Fetched {
@@ -548,53 +556,164 @@ fn check_space(
     Ok(())
 }
 
+/// How one attempt at a blob ended.
+enum Attempt {
+    /// The cache already had it.
+    Present,
+    /// Downloaded, verified and stored.
+    Stored,
+    /// A resumed download did not verify: go again from nothing.
+    Again,
+    /// The registry ignores Range: go again in one stream.
+    RangeIgnored,
+}
+
+/// Fetches one blob into the cache: large blobs in parallel Range chunks, small ones (and
+/// registries that ignore Range) in one stream.
 async fn fetch_blob(
     cache: &Cache,
     source: &Source<'_>,
     blob: &artifact::Descriptor,
     progress: &Progress,
 ) -> Result<Fetched, PullError> {
-    let digest = &blob.digest;
+    let label = blob
+        .annotations
+        .get(artifact::oras::TITLE)
+        .cloned()
+        .unwrap_or_else(|| blob.digest.hex()[..12].to_string());
+    let mut tuning = chunks::tuning(blob.size, source.registry.transfer());
     let mut fetched = 0u64;
     // A partial left by a crash is trusted only as far as the final digest check; if that
     // fails after a resume, one fresh download from byte 0 follows.
-    for fresh_start in [false, true] {
-        let mut writer = match cache.ingest(digest, blob.size).await? {
-            Ingest::Present => {
+    let mut may_retry = true;
+    loop {
+        let attempt = match tuning {
+            Some(tuning) => {
+                let job = (blob, label.as_str(), progress);
+                fetch_chunked(cache, source, job, tuning, &mut fetched, may_retry).await?
+            }
+            None => {
+                let job = (blob, label.as_str(), progress);
+                fetch_whole(cache, source, job, &mut fetched, may_retry).await?
+            }
+        };
+        match attempt {
+            Attempt::Present => {
                 return Ok(Fetched {
                     fetched,
                     reused: if fetched == 0 { blob.size } else { 0 },
                 })
             }
-            Ingest::Needed(writer) => writer,
-        };
-        let registry = match source.online() {
-            Ok(registry) => registry,
-            Err(e) => {
-                writer.suspend().await?;
-                return Err(e);
+            Attempt::Stored => return Ok(Fetched { fetched, reused: 0 }),
+            Attempt::Again => {
+                tracing::warn!(digest = %blob.digest, "a resumed download did not verify; downloading it again from the start");
+                may_retry = false;
             }
-        };
-        let label = blob
-            .annotations
-            .get(artifact::oras::TITLE)
-            .cloned()
-            .unwrap_or_else(|| digest.hex()[..12].to_string());
-        let mut bar = progress.blob(&label, blob.size, writer.offset());
-        let resumed = writer.resumed_from() > 0;
-        download_with_resume(source, registry, blob, &mut writer, &mut bar, &mut fetched).await?;
-        match writer.commit().await {
-            Ok(()) => {
-                bar.finish();
-                return Ok(Fetched { fetched, reused: 0 });
+            Attempt::RangeIgnored => {
+                tracing::info!(digest = %blob.digest, "the registry ignores Range requests; downloading in one stream");
+                tuning = None;
             }
-            Err(CacheError::DigestMismatch { .. }) if resumed && !fresh_start => {
-                tracing::warn!(%digest, "a resumed download did not verify; downloading it again from the start");
-            }
-            Err(e) => return Err(e.into()),
         }
     }
-    unreachable!("the fresh start returns")
+}
+
+/// What a download attempt is about: the blob, its progress label, and the progress display.
+type Job<'a> = (&'a artifact::Descriptor, &'a str, &'a Progress);
+
+/// One attempt in parallel Range chunks (see `chunks`).
+async fn fetch_chunked(
+    cache: &Cache,
+    source: &Source<'_>,
+    (blob, label, progress): Job<'_>,
+    tuning: chunks::Tuning,
+    fetched: &mut u64,
+    may_retry: bool,
+) -> Result<Attempt, PullError> {
+    let writer = match cache
+        .ingest_chunked(&blob.digest, blob.size, tuning.chunk_size)
+        .await?
+    {
+        ChunkedIngest::Present => return Ok(Attempt::Present),
+        ChunkedIngest::Needed(writer) => writer,
+    };
+    let registry = match source.online() {
+        Ok(registry) => registry,
+        Err(e) => {
+            writer.suspend().await;
+            return Err(e);
+        }
+    };
+    let resumed = writer.resumed_bytes() > 0;
+    let mut bar = progress.blob(label, blob.size, writer.resumed_bytes());
+    let outcome = chunks::download(
+        source.reference,
+        registry,
+        &writer,
+        tuning,
+        &mut bar,
+        fetched,
+    )
+    .await;
+    match outcome {
+        Ok(chunks::Outcome::Complete) => {}
+        Ok(chunks::Outcome::RangeIgnored) => {
+            writer.abandon().await;
+            bar.reset();
+            return Ok(Attempt::RangeIgnored);
+        }
+        Err(e @ PullError::Truncated { .. }) => {
+            writer.abandon().await;
+            return Err(e);
+        }
+        Err(PullError::Cache(e)) if e.is_integrity() => {
+            writer.abandon().await;
+            return Err(e.into());
+        }
+        Err(e) => {
+            writer.suspend().await;
+            return Err(e);
+        }
+    }
+    match writer.commit().await {
+        Ok(()) => {
+            bar.finish();
+            Ok(Attempt::Stored)
+        }
+        Err(CacheError::DigestMismatch { .. }) if resumed && may_retry => Ok(Attempt::Again),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One attempt in a single stream, resumed with Range from the partial's length.
+async fn fetch_whole(
+    cache: &Cache,
+    source: &Source<'_>,
+    (blob, label, progress): Job<'_>,
+    fetched: &mut u64,
+    may_retry: bool,
+) -> Result<Attempt, PullError> {
+    let mut writer = match cache.ingest(&blob.digest, blob.size).await? {
+        Ingest::Present => return Ok(Attempt::Present),
+        Ingest::Needed(writer) => writer,
+    };
+    let registry = match source.online() {
+        Ok(registry) => registry,
+        Err(e) => {
+            writer.suspend().await?;
+            return Err(e);
+        }
+    };
+    let mut bar = progress.blob(label, blob.size, writer.offset());
+    let resumed = writer.resumed_from() > 0;
+    download_with_resume(source, registry, blob, &mut writer, &mut bar, fetched).await?;
+    match writer.commit().await {
+        Ok(()) => {
+            bar.finish();
+            Ok(Attempt::Stored)
+        }
+        Err(CacheError::DigestMismatch { .. }) if resumed && may_retry => Ok(Attempt::Again),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Feeds the writer until it holds the whole blob, resuming with Range after transient

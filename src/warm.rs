@@ -87,6 +87,8 @@ pub struct WarmStatus {
     pub state: WarmState,
     pub digest: Option<String>,
     pub bytes_fetched: u64,
+    pub bytes_reused: u64,
+    pub seconds: f64,
     pub error: Option<String>,
 }
 
@@ -138,6 +140,8 @@ pub async fn warm_once(
             state: WarmState::NotForThisNode,
             digest: None,
             bytes_fetched: 0,
+            bytes_reused: 0,
+            seconds: 0.0,
             error: None,
         };
         if !entry.selects(node_labels) {
@@ -155,12 +159,16 @@ pub async fn warm_once(
             format: None,
             layout: Default::default(),
         };
-        match pull(&request, registry, &Progress::hidden()).await {
+        let started = std::time::Instant::now();
+        let result = pull(&request, registry, &Progress::hidden()).await;
+        status.seconds = started.elapsed().as_secs_f64();
+        match result {
             Ok(report) => {
                 tracing::info!(reference = %entry.reference, digest = %report.digest, fetched = report.bytes_fetched, "warm");
                 status.state = WarmState::Ready;
                 status.digest = Some(report.digest.to_string());
                 status.bytes_fetched = report.bytes_fetched;
+                status.bytes_reused = report.bytes_reused;
             }
             Err(e) => {
                 tracing::warn!(reference = %entry.reference, error = %e, "warming failed; the next pass retries");

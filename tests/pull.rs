@@ -246,8 +246,12 @@ enum KillAttempt {
     FinishedFirst,
 }
 
+const SINGLE_STREAM: &[&str] = &["--concurrency", "1", "--streams-per-blob", "1"];
+
 fn start_and_kill_pull(reference: &str, dest: &Path, cache: &Path, size: u64) -> KillAttempt {
-    let mut child = pull_cmd(reference, dest, Some(cache), &["--concurrency", "1"])
+    // One stream: this test pins resuming from the partial's length (tests/ranged.rs covers
+    // parallel chunks).
+    let mut child = pull_cmd(reference, dest, Some(cache), SINGLE_STREAM)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -329,7 +333,7 @@ fn killed_pull_resumes_with_range_and_fetches_only_the_rest() {
         thread::sleep(Duration::from_millis(300));
         let mark = reg.mark();
 
-        pull(&reference, &dest, Some(&cache), &["--concurrency", "1"])
+        pull(&reference, &dest, Some(&cache), SINGLE_STREAM)
             .assert_ok("pull resumed after SIGKILL");
         assert_same_files(&dest, &[("model.gguf", &file)]);
 

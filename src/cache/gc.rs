@@ -116,12 +116,9 @@ impl Cache {
                 .position(|s| s.info.digest == digest)
                 .map(|i| inventory.snapshots.remove(i))
                 .expect("candidate is in the inventory");
-            if !policy.dry_run {
-                // Re-check under the snapshot's lock: a lease may have arrived meanwhile.
-                if self.is_leased(&digest)? {
-                    continue;
-                }
-                self.remove_snapshot(&digest)?;
+            // Decided under the snapshot's lock: a lease may have arrived meanwhile.
+            if !policy.dry_run && !self.remove_snapshot_unless_leased(&digest)? {
+                continue;
             }
             report
                 .snapshots_removed

@@ -1,6 +1,8 @@
 //! Downloads in flight: `ingest/<hex>.partial` is appended to, hashed as it grows, and renamed
 //! into `blobs/sha256/<hex>` only after size and digest match. A partial survives a crash and
 //! is resumed from its length; its prefix is re-hashed so the whole blob is always verified.
+//! (Large blobs fetched in parallel chunks go through `chunked.rs`; a partial it left is
+//! resumed here from its prefix of complete chunks.)
 
 use super::error::CacheError;
 use super::lock::FileLock;
@@ -193,6 +195,14 @@ fn open_partial(path: &PathBuf, expected_size: u64) -> Result<WriterState, Cache
         .open(path)
         .map_err(io)?;
     let mut length = file.metadata().map_err(io)?.len();
+    // A chunked download left this partial: only its prefix of complete chunks is kept.
+    let sidecar = super::chunked::sidecar_path(path);
+    if sidecar.exists() {
+        length = length.min(super::chunked::complete_prefix(&sidecar, expected_size));
+        file.set_len(length).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::remove_file(&sidecar).map_err(|e| CacheError::io(&sidecar, e))?;
+    }
     if length > expected_size {
         file.set_len(0).map_err(io)?;
         length = 0;

@@ -2,6 +2,7 @@
 //! materialised snapshots, shared safely by every tugboat process on the node.
 //! It knows nothing of registries or CSI.
 
+mod chunked;
 mod error;
 mod gc;
 mod ingest;
@@ -12,6 +13,7 @@ mod snapshot;
 mod usage;
 mod verify;
 
+pub use chunked::{ChunkLayout, ChunkedIngest, ChunkedWriter};
 pub use error::CacheError;
 pub use gc::{parse_size, GcPolicy, GcReport};
 pub use ingest::{BlobWriter, Ingest};

@@ -115,11 +115,31 @@ impl Cache {
 impl Cache {
     /// Deletes a snapshot and its description (callers hold no lease on it).
     pub fn remove_snapshot(&self, manifest: &Digest) -> Result<(), CacheError> {
-        let _lock = FileLock::acquire_blocking(
+        let _lock = self.snapshot_lock(manifest)?;
+        self.remove_snapshot_locked(manifest)
+    }
+
+    /// Removes a snapshot unless it is leased, deciding under the snapshot's lock (where
+    /// leases are taken), so a volume being published cannot lose its model. Returns whether
+    /// it was removed.
+    pub fn remove_snapshot_unless_leased(&self, manifest: &Digest) -> Result<bool, CacheError> {
+        let _lock = self.snapshot_lock(manifest)?;
+        if self.is_leased(manifest)? {
+            return Ok(false);
+        }
+        self.remove_snapshot_locked(manifest)?;
+        Ok(true)
+    }
+
+    fn snapshot_lock(&self, manifest: &Digest) -> Result<FileLock, CacheError> {
+        FileLock::acquire_blocking(
             &self
                 .snapshots_dir()
                 .join(format!("{}.lock", manifest.hex())),
-        )?;
+        )
+    }
+
+    fn remove_snapshot_locked(&self, manifest: &Digest) -> Result<(), CacheError> {
         let info = self
             .snapshots_dir()
             .join(format!("{}.json", manifest.hex()));

@@ -67,12 +67,11 @@ impl Cache {
             if !damaged {
                 continue;
             }
-            if snapshot.leased {
+            if self.remove_snapshot_unless_leased(&snapshot.info.digest)? {
+                report.snapshots_dropped.push(snapshot.info.digest.clone());
+            } else {
                 tracing::error!(snapshot = %snapshot.info.digest, "a mounted snapshot is damaged; it is kept until its volumes are unpublished");
                 report.leased_damaged.push(snapshot.info.digest.clone());
-            } else {
-                self.remove_snapshot(&snapshot.info.digest)?;
-                report.snapshots_dropped.push(snapshot.info.digest.clone());
             }
         }
         Ok(report)

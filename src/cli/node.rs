@@ -1,10 +1,14 @@
 //! The `node` subcommand: the CSI node plugin daemon kubelet talks to over a Unix socket.
 
+use super::cache::parse_percent;
 use super::{exit, Failure, RegistryArgs};
 use clap::Args;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+use tugboat::cache::GcPolicy;
 use tugboat::node::NodeConfig;
-use tugboat::registry::{CredentialStore, EndpointPolicy, RegistryOptions};
 
 #[derive(Args)]
 pub struct NodeArgs {
@@ -31,6 +35,31 @@ pub struct NodeArgs {
     /// Permissions of the socket file, in octal.
     #[arg(long, env = "TUGBOAT_CSI_SOCKET_MODE", default_value = "0600", value_parser = parse_mode)]
     csi_socket_mode: u32,
+    /// Warm list (a ConfigMap key): models pulled at start, on its interval and whenever the
+    /// file changes.
+    #[arg(long, value_name = "FILE", env = "TUGBOAT_WARM_CONFIG")]
+    warm_config: Option<PathBuf>,
+    /// This node's labels as k=v,k2=v2, matched against warm entries' nodeSelector.
+    #[arg(long, env = "TUGBOAT_NODE_LABELS", value_parser = tugboat::warm::parse_labels, default_value = "")]
+    node_labels: BTreeMap<String, String>,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address (e.g. 0.0.0.0:9808).
+    #[arg(long, value_name = "HOST:PORT", env = "TUGBOAT_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// Evict least-recently-used, unused models when the cache grows past this (e.g. 500GiB).
+    #[arg(long, env = "TUGBOAT_CACHE_MAX_SIZE", value_parser = tugboat::cache::parse_size)]
+    cache_max_size: Option<u64>,
+    /// Also evict while the cache filesystem is fuller than this percentage (e.g. 85).
+    #[arg(long, env = "TUGBOAT_CACHE_HIGH_WATERMARK", value_parser = parse_percent)]
+    cache_high_watermark: Option<f64>,
+    /// Evict down to this percentage of --cache-max-size (or of the filesystem).
+    #[arg(long, env = "TUGBOAT_CACHE_LOW_WATERMARK", default_value = "80", value_parser = parse_percent)]
+    cache_low_watermark: f64,
+    /// Seconds between garbage-collection passes.
+    #[arg(long, env = "TUGBOAT_GC_INTERVAL", default_value_t = 60)]
+    gc_interval: u64,
+    /// Refuse to mount anywhere but below this directory (kubelet's root, e.g. /var/lib/kubelet).
+    #[arg(long, value_name = "DIR", env = "TUGBOAT_KUBELET_ROOT")]
+    kubelet_root: Option<PathBuf>,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -42,31 +71,11 @@ fn parse_mode(text: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{text:?} is not an octal permission like 0600"))
 }
 
-impl RegistryArgs {
-    /// The registry options without building a client (the daemon builds one per request).
-    fn options(&self) -> Result<RegistryOptions, Failure> {
-        let mirrors = self
-            .mirror
-            .iter()
-            .map(|m| EndpointPolicy::parse_mirror(m))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Failure::new(exit::USAGE, e.into()))?;
-        let credentials = CredentialStore::load(self.docker_config.as_deref())
-            .map_err(|e| Failure::new(exit::USAGE, e.into()))?;
-        Ok(RegistryOptions {
-            endpoints: EndpointPolicy {
-                plain_http: self.plain_http,
-                insecure_hosts: self.insecure_registry.clone(),
-                mirrors,
-            },
-            ca_file: self.ca_file.clone(),
-            credentials,
-            max_attempts: self.retries.max(1),
-        })
-    }
-}
-
 pub async fn run(args: NodeArgs) -> Result<(), Failure> {
+    if let Some(root) = &args.kubelet_root {
+        tugboat::csi::validate::set_kubelet_root(root)
+            .map_err(|e| Failure::new(exit::USAGE, anyhow::anyhow!("--kubelet-root: {e}")))?;
+    }
     let config = NodeConfig {
         csi_endpoint: args.csi_endpoint,
         node_id: args.node_id,
@@ -74,6 +83,16 @@ pub async fn run(args: NodeArgs) -> Result<(), Failure> {
         driver_name: args.driver_name,
         socket_mode: args.csi_socket_mode,
         registry: args.registry.options()?,
+        warm_config: args.warm_config,
+        node_labels: args.node_labels,
+        http_addr: args.http_addr,
+        gc: GcPolicy {
+            max_size: args.cache_max_size,
+            high_watermark: args.cache_high_watermark,
+            low_watermark: args.cache_low_watermark,
+            ..GcPolicy::default()
+        },
+        gc_interval: Duration::from_secs(args.gc_interval.max(1)),
     };
     tugboat::node::run(config).await.map_err(|e| {
         let code = match e {

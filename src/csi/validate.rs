@@ -24,6 +24,49 @@ pub const EPHEMERAL: &str = "csi.storage.k8s.io/ephemeral";
 pub const POD_NAMESPACE: &str = "csi.storage.k8s.io/pod.namespace";
 pub const POD_NAME: &str = "csi.storage.k8s.io/pod.name";
 
+/// `--kubelet-root`: when set, publish targets must lie below it (checked after resolving
+/// symlinks), so volume requests cannot make the daemon mount over arbitrary host paths.
+static KUBELET_ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Configures the kubelet root (once, at daemon start); the directory must exist.
+pub fn set_kubelet_root(root: &Path) -> std::io::Result<()> {
+    let canonical = std::fs::canonicalize(root)?;
+    let _ = KUBELET_ROOT.set(canonical);
+    Ok(())
+}
+
+/// A target below the configured kubelet root, judged by its deepest existing ancestor with
+/// symlinks resolved (kubelet creates the last components; a symlink cannot lead elsewhere).
+fn check_under_kubelet_root(target: &Path) -> Result<(), Status> {
+    let Some(root) = KUBELET_ROOT.get() else {
+        return Ok(());
+    };
+    let mut existing = target.to_path_buf();
+    let mut rest = Vec::new();
+    let resolved = loop {
+        match std::fs::canonicalize(&existing) {
+            Ok(path) => break path,
+            Err(_) => match (existing.file_name(), existing.parent()) {
+                (Some(name), Some(parent)) => {
+                    rest.push(name.to_owned());
+                    existing = parent.to_path_buf();
+                }
+                _ => break existing.clone(),
+            },
+        }
+    };
+    let full = rest.iter().rev().fold(resolved, |p, c| p.join(c));
+    if full.starts_with(root) && full != *root {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "target_path {:?} is outside the kubelet root {:?}",
+            target.display().to_string(),
+            root.display().to_string()
+        )))
+    }
+}
+
 /// A NodePublishVolume request that passed validation.
 #[derive(Clone)]
 pub struct Publish {
@@ -56,6 +99,7 @@ impl Publish {
 pub fn publish(request: &NodePublishVolumeRequest) -> Result<Publish, Status> {
     let volume_id = required("volume_id", &request.volume_id)?;
     let target = target_path("target_path", &request.target_path)?;
+    check_under_kubelet_root(&target)?;
     let capability = request
         .volume_capability
         .as_ref()

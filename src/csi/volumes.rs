@@ -9,6 +9,7 @@ use super::validate::Publish;
 use super::{mount, secrets, status};
 use crate::cache::{Cache, Lease};
 use crate::digest::Digest;
+use crate::metrics::Metrics;
 use crate::progress::Progress;
 use crate::pull::{self, PullReport, PullRequest};
 use crate::registry::{RegistryClient, RegistryOptions};
@@ -37,6 +38,7 @@ pub struct Volumes {
     registry: RegistryOptions,
     flights: Flights<FlightKey, PullOutcome>,
     busy: Arc<Mutex<HashSet<String>>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Usage figures of one published volume.
@@ -52,7 +54,14 @@ impl Volumes {
             registry,
             flights: Flights::default(),
             busy: Arc::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Records pulls in these metrics (the daemon's); a private set otherwise.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn cache(&self) -> &Cache {
@@ -196,19 +205,23 @@ impl Volumes {
             format: None,
             layout: Default::default(),
         };
+        let metrics = self.metrics.clone();
         let work = move || async move {
             let client = RegistryClient::new(options)
                 .map_err(|e| Status::failed_precondition(format!("registry options: {e}")))?;
             // The pull pipeline's future is not required to be Send, so it is driven on a
             // blocking thread of its own (still on this runtime's I/O and timers).
             let runtime = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            metrics.pulls_in_flight.inc();
+            let result = tokio::task::spawn_blocking(move || {
                 runtime.block_on(pull::pull(&pull_request, &client, &Progress::hidden()))
             })
-            .await
-            .map_err(|_| Status::internal("the pull task panicked"))?
-            .map(Arc::new)
-            .map_err(|e| status::from_pull(&e))
+            .await;
+            metrics.pulls_in_flight.dec();
+            let result = result.map_err(|_| Status::internal("the pull task panicked"))?;
+            metrics.record_pull("csi", &result, started.elapsed().as_secs_f64());
+            result.map(Arc::new).map_err(|e| status::from_pull(&e))
         };
         let (outcome, started) = self
             .flights

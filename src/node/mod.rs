@@ -2,20 +2,28 @@
 //! left by a previous run, then serves the CSI Identity and Node services on a Unix socket
 //! until SIGTERM/SIGINT, finishing in-flight calls and leaving every mount in place.
 
+mod gc_loop;
+mod http;
 mod reconcile;
 mod socket;
+mod warm_loop;
 
 pub use reconcile::{reconcile, Reconciled};
 pub use socket::socket_path;
 
+use crate::cache::GcPolicy;
 use crate::cache::{Cache, CacheError};
 use crate::csi::proto::identity_server::IdentityServer;
 use crate::csi::proto::node_server::NodeServer;
 use crate::csi::{IdentityService, NodeService, Volumes};
-use crate::registry::RegistryOptions;
+use crate::metrics::Metrics;
+use crate::registry::{RegistryClient, RegistryOptions};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Everything `tugboat node` is configured with.
 #[derive(Clone, Debug)]
@@ -29,6 +37,15 @@ pub struct NodeConfig {
     pub socket_mode: u32,
     /// Endpoints, CA and node-wide credentials; a volume's secrets add to them per request.
     pub registry: RegistryOptions,
+    /// The warm list to keep pulled, if any.
+    pub warm_config: Option<PathBuf>,
+    /// Labels matched against warm entries' nodeSelector.
+    pub node_labels: BTreeMap<String, String>,
+    /// Where /metrics, /healthz and /readyz are served, if anywhere.
+    pub http_addr: Option<SocketAddr>,
+    /// Size limit and watermarks for the GC loop.
+    pub gc: GcPolicy,
+    pub gc_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +64,16 @@ pub enum NodeError {
     Cache(#[from] CacheError),
     #[error("serving gRPC: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("--http-addr {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the warm-loop thread: {0}")]
+    Thread(std::io::Error),
+    #[error("registry options: {0}")]
+    Registry(#[from] crate::registry::RegistryError),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -56,8 +83,30 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     }
     let path = socket_path(&config.csi_endpoint)?;
     let cache = Cache::open(&config.cache)?;
-    let volumes = Arc::new(Volumes::new(cache.clone(), config.registry.clone()));
+    let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stopped_future = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mut background = Vec::new();
+    if let Some(addr) = config.http_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| NodeError::Http { addr, source })?;
+        let state = http::HttpState {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        };
+        background.push(tokio::spawn(http::serve(
+            listener,
+            state,
+            stopped_future(stopped.clone()),
+        )));
+    }
+    let volumes = Arc::new(
+        Volumes::new(cache.clone(), config.registry.clone()).with_metrics(metrics.clone()),
+    );
     let listener = socket::bind(&path, config.socket_mode)?;
 
     let reconciled = reconcile(&volumes);
@@ -69,6 +118,40 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     );
     ready.store(true, Ordering::Release);
 
+    let warm = warm_loop::WarmShared::default();
+    if let Some(file) = &config.warm_config {
+        let warm_loop = warm_loop::WarmLoop {
+            file: file.clone(),
+            node_labels: config.node_labels.clone(),
+            cache: config.cache.clone(),
+            registry: Arc::new(RegistryClient::new(config.registry.clone())?),
+            concurrency: 4,
+            metrics: metrics.clone(),
+            shared: warm.clone(),
+        };
+        // The pull pipeline's future is not Send, so the loop gets a thread and runtime of its own.
+        std::thread::Builder::new()
+            .name("warm-loop".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(warm_loop.run()),
+                    Err(e) => tracing::error!(error = %e, "cannot start the warm loop"),
+                }
+            })
+            .map_err(NodeError::Thread)?;
+    }
+    let gc_loop = gc_loop::GcLoop {
+        cache: cache.clone(),
+        policy: config.gc.clone(),
+        every: config.gc_interval,
+        metrics: metrics.clone(),
+        warm,
+    };
+    background.push(tokio::spawn(gc_loop.run()));
+
     let identity = IdentityService {
         driver_name: config.driver_name.clone(),
         cache,
@@ -77,6 +160,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let node = NodeService {
         node_id: config.node_id.clone(),
         volumes,
+        metrics,
     };
     tracing::info!(socket = %path.display(), node = %config.node_id, driver = %config.driver_name, cache = %config.cache.display(), "CSI node plugin serving");
     let served = tonic::transport::Server::builder()
@@ -84,9 +168,15 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         .add_service(NodeServer::new(node))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
-            shutdown_signal(),
+            async move {
+                shutdown_signal().await;
+                let _ = stop.send(true);
+            },
         )
         .await;
+    for task in background {
+        task.abort();
+    }
     let _ = std::fs::remove_file(&path);
     served?;
     tracing::info!("CSI node plugin stopped; published volumes stay mounted");

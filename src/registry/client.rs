@@ -33,6 +33,8 @@ pub struct RegistryOptions {
     pub credentials: super::credentials::CredentialStore,
     /// Attempts per request for transient failures (429, 5xx, connection loss).
     pub max_attempts: u32,
+    /// Chunking, streams per blob and the global cap on concurrent blob requests.
+    pub transfer: super::TransferOptions,
 }
 
 /// Raw manifest bytes as served.
@@ -55,6 +57,7 @@ pub struct RegistryClient {
     authorizer: Authorizer,
     policy: EndpointPolicy,
     max_attempts: u32,
+    transfer: super::TransferOptions,
     /// The options this client was built from, less the credentials (see [`Self::anonymous`]).
     anonymous_options: RegistryOptions,
 }
@@ -94,7 +97,11 @@ impl RegistryClient {
                 .user_agent(concat!("tugboat/", env!("CARGO_PKG_VERSION")))
                 .connect_timeout(Duration::from_secs(15))
                 .read_timeout(Duration::from_secs(60))
-                .pool_max_idle_per_host(32)
+                // Many layers and chunks share one pool; HTTP/2 is negotiated by ALPN over
+                // TLS where the registry offers it, and then multiplexes them instead.
+                .pool_max_idle_per_host(options.transfer.max_requests.max(8))
+                .tcp_nodelay(true)
+                .http2_adaptive_window(true)
                 .tls_danger_accept_invalid_certs(accept_invalid);
             for cert in &roots {
                 builder = builder.add_root_certificate(cert.clone());
@@ -115,6 +122,7 @@ impl RegistryClient {
             ),
             policy: options.endpoints,
             max_attempts: options.max_attempts.max(1),
+            transfer: options.transfer,
             anonymous_options,
         })
     }
@@ -122,6 +130,11 @@ impl RegistryClient {
     /// The same client (endpoints, CA, retries) without any credentials.
     pub fn anonymous(&self) -> Result<Self, RegistryError> {
         Self::new(self.anonymous_options.clone())
+    }
+
+    /// Chunking and concurrency settings for blob downloads.
+    pub fn transfer(&self) -> &super::TransferOptions {
+        &self.transfer
     }
 
     /// The credentials this client sends to `registry`, if any.
@@ -158,14 +171,44 @@ impl RegistryClient {
             let path = path.clone();
             let what = what.clone();
             async move {
-                let response = self
-                    .send(&endpoint, reference.repository(), false, &what, |c| {
-                        c.get(endpoint.url(&path)).header(ACCEPT, MANIFEST_ACCEPT)
-                    })
-                    .await?;
-                let media_type = header_str(response.headers(), CONTENT_TYPE.as_str());
-                let bytes = read_limited(response, MAX_MANIFEST_BYTES, &endpoint, &what).await?;
-                Ok(FetchedManifest { bytes, media_type })
+                // A body cut short or damaged on the way is fetched again, like a 5xx.
+                let mut backoff = Backoff::new(self.max_attempts);
+                loop {
+                    let response = self
+                        .send(&endpoint, reference.repository(), false, &what, |c| {
+                            c.get(endpoint.url(&path)).header(ACCEPT, MANIFEST_ACCEPT)
+                        })
+                        .await?;
+                    let media_type = header_str(response.headers(), CONTENT_TYPE.as_str());
+                    let announced = header_str(response.headers(), "docker-content-digest")
+                        .and_then(|d| d.parse::<Digest>().ok());
+                    let error = match read_limited(response, MAX_MANIFEST_BYTES, &endpoint, &what)
+                        .await
+                    {
+                        Ok(bytes) => match announced {
+                            Some(digest) if Digest::of_bytes(&bytes) != digest => {
+                                RegistryError::Protocol {
+                                    registry: endpoint.host.clone(),
+                                    what: what.clone(),
+                                    detail: format!(
+                                        "the bytes served hash to {} but Docker-Content-Digest says {digest}",
+                                        Digest::of_bytes(&bytes)
+                                    ),
+                                }
+                            }
+                            _ => return Ok(FetchedManifest { bytes, media_type }),
+                        },
+                        Err(e) if e.is_transient() => e,
+                        Err(e) => return Err(e),
+                    };
+                    match backoff.next_delay(None) {
+                        Some(delay) => {
+                            tracing::debug!(%error, ?delay, "manifest body failed; fetching it again");
+                            tokio::time::sleep(delay).await;
+                        }
+                        None => return Err(error),
+                    }
+                }
             }
         })
         .await
@@ -205,23 +248,60 @@ impl RegistryClient {
         digest: &Digest,
         offset: u64,
     ) -> Result<BlobBody, RegistryError> {
+        self.blob_range(reference, digest, offset, None).await
+    }
+
+    /// Streams bytes `start..end` of a blob (`end` exclusive; `None` = to the end), with a
+    /// Range request unless that is the whole blob. A registry that ignores Range answers 200
+    /// with the whole blob (`resumed` false). The request holds a slot of the global request
+    /// cap until its body is dropped.
+    pub async fn blob_range(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<BlobBody, RegistryError> {
         let path = format!("/v2/{}/blobs/{digest}", reference.repository());
         let what = format!("blob {digest}");
+        let range = match (start, end) {
+            (0, None) => None,
+            (start, None) => Some(format!("bytes={start}-")),
+            (start, Some(end)) => Some(format!("bytes={start}-{}", end.saturating_sub(1))),
+        };
+        let slot = self.transfer.request_slot().await;
         self.with_fallback(reference, |endpoint| {
             let path = path.clone();
             let what = what.clone();
+            let range = range.clone();
             async move {
                 let response = self
                     .send(&endpoint, reference.repository(), false, &what, |c| {
                         let request = c.get(endpoint.url(&path));
-                        if offset > 0 {
-                            request.header(RANGE, format!("bytes={offset}-"))
-                        } else {
-                            request
+                        match &range {
+                            Some(range) => request.header(RANGE, range),
+                            None => request,
                         }
                     })
                     .await?;
                 let resumed = response.status() == StatusCode::PARTIAL_CONTENT;
+                if resumed {
+                    let served = header_str(response.headers(), "content-range");
+                    let first = served
+                        .as_deref()
+                        .and_then(|r| r.strip_prefix("bytes "))
+                        .and_then(|r| r.split(['-', '/']).next())
+                        .and_then(|n| n.trim().parse::<u64>().ok());
+                    if first != Some(start) {
+                        return Err(RegistryError::Protocol {
+                            registry: endpoint.host.clone(),
+                            what,
+                            detail: format!(
+                                "asked for bytes from {start}, the registry served Content-Range {served:?}"
+                            ),
+                        });
+                    }
+                }
                 let content_length = response.content_length();
                 let registry = endpoint.host.clone();
                 let stream = response
@@ -232,14 +312,22 @@ impl RegistryClient {
                         attempts: 1,
                         detail: describe_reqwest_error(&e),
                     });
-                Ok(BlobBody {
-                    resumed,
-                    content_length,
-                    stream: Box::pin(stream),
-                })
+                Ok((resumed, content_length, stream))
             }
         })
         .await
+        .map(|(resumed, content_length, stream)| {
+            // The slot travels with the body and is released when the body is dropped.
+            let stream = stream.map(move |item| {
+                let _held = &slot;
+                item
+            });
+            BlobBody {
+                resumed,
+                content_length,
+                stream: Box::pin(stream),
+            }
+        })
     }
 
     /// Whether the repository already holds a blob (skips re-uploading it).

@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod endpoint;
 mod error;
 mod retry;
+mod transfer;
 
 pub use client::{
     BlobBody, FetchedManifest, RegistryClient, RegistryOptions, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES,
@@ -14,3 +15,4 @@ pub use client::{
 pub use credentials::{CredentialStore, Credentials};
 pub use endpoint::EndpointPolicy;
 pub use error::RegistryError;
+pub use transfer::{TransferOptions, DEFAULT_MAX_REQUESTS};

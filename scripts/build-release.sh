@@ -1,0 +1,14 @@
+#!/bin/sh
+# The Dockerfile's build stage: builds the release binary and installs it as OUT_DIR/tugboat.
+# The same script runs here in tests/manifests.rs (into target/image/), so the binary the
+# image ships is the one the manifests are checked against.
+# Needs only a Rust toolchain and a C compiler: the CSI protos compile with protox (no protoc).
+set -eu
+
+out="${1:?usage: scripts/build-release.sh OUT_DIR}"
+cd "$(dirname "$0")/.."
+
+cargo build --release --locked --bin tugboat
+mkdir -p "$out"
+install -m 0755 target/release/tugboat "$out/tugboat"
+"$out/tugboat" --version

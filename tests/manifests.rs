@@ -1,0 +1,1179 @@
+//! The Kubernetes deliverables (`manifests/`, `Dockerfile`):
+//! - every YAML under manifests/ validates against the Kubernetes API schemas
+//!   (`kubernetes-validate --strict`, from PyPI, installed by .ci/run), and the kustomizations
+//!   list what exists;
+//! - every tugboat container in them (args, env) is accepted by the binary's own parser, each
+//!   `TUGBOAT_*` variable is one the subcommand reads, and the paths, ports, sockets, driver
+//!   names, secrets and ConfigMaps they name fit the pod around them;
+//! - the Dockerfile's build stage runs here as written (its RUN lines, with its ENV) and the
+//!   binary it produces passes the same checks.
+
+use serde_yaml_ng::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+// ---------------------------------------------------------------------------------------------
+// Reading the manifests
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn manifests_dir() -> PathBuf {
+    root().join("manifests")
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(yaml_files(&path));
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn is_kustomization(path: &Path) -> bool {
+    matches!(
+        path.file_name().and_then(|n| n.to_str()),
+        Some("kustomization.yaml" | "kustomization.yml" | "Kustomization")
+    )
+}
+
+/// Every Kubernetes object under manifests/ (kustomizations excluded), with its file.
+struct Doc {
+    file: String,
+    value: Value,
+}
+
+fn docs() -> Vec<Doc> {
+    let mut out = Vec::new();
+    for path in yaml_files(&manifests_dir()) {
+        if is_kustomization(&path) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let file = path.strip_prefix(root()).unwrap().display().to_string();
+        for de in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value = <Value as serde::Deserialize>::deserialize(de)
+                .unwrap_or_else(|e| panic!("{file}: not YAML: {e}"));
+            if !value.is_null() {
+                out.push(Doc {
+                    file: file.clone(),
+                    value,
+                });
+            }
+        }
+    }
+    assert!(!out.is_empty(), "no manifests found");
+    out
+}
+
+fn get<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, key| v.get(*key))
+}
+
+fn text<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    get(v, path).and_then(Value::as_str)
+}
+
+fn seq<'a>(v: &'a Value, path: &[&str]) -> &'a [Value] {
+    get(v, path)
+        .and_then(Value::as_sequence)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+}
+
+fn kind(doc: &Doc) -> &str {
+    text(&doc.value, &["kind"]).unwrap_or("")
+}
+
+fn name(v: &Value) -> &str {
+    text(v, &["metadata", "name"]).unwrap_or("")
+}
+
+fn find<'a>(docs: &'a [Doc], kind_: &str, name_: &str) -> Option<&'a Doc> {
+    docs.iter()
+        .find(|d| kind(d) == kind_ && name(&d.value) == name_)
+}
+
+/// A pod template found in a workload, with where it came from.
+struct PodSpec<'a> {
+    at: String,
+    labels: Option<&'a Value>,
+    spec: &'a Value,
+}
+
+fn pod_specs(docs: &[Doc]) -> Vec<PodSpec<'_>> {
+    let mut out = Vec::new();
+    for doc in docs {
+        let template = match kind(doc) {
+            "Pod" => Some(&doc.value),
+            "Deployment" | "DaemonSet" | "StatefulSet" | "ReplicaSet" | "Job" => {
+                get(&doc.value, &["spec", "template"])
+            }
+            "CronJob" => get(&doc.value, &["spec", "jobTemplate", "spec", "template"]),
+            _ => None,
+        };
+        if let Some(template) = template {
+            out.push(PodSpec {
+                at: format!("{} {}/{}", doc.file, kind(doc), name(&doc.value)),
+                labels: get(template, &["metadata", "labels"]),
+                spec: get(template, &["spec"]).expect("pod template without spec"),
+            });
+        }
+    }
+    out
+}
+
+fn containers(spec: &Value) -> impl Iterator<Item = &Value> {
+    seq(spec, &["initContainers"])
+        .iter()
+        .chain(seq(spec, &["containers"]).iter())
+}
+
+/// A container running the tugboat image (the last path segment of its image is `tugboat`).
+fn is_tugboat(container: &Value) -> bool {
+    let image = text(container, &["image"]).unwrap_or("");
+    let without_tag = image.split('@').next().unwrap();
+    let last = without_tag.rsplit('/').next().unwrap();
+    last.split(':').next() == Some("tugboat")
+}
+
+/// What a tugboat container runs: argv after the binary, and its environment.
+struct Invocation {
+    at: String,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+fn invocation(at: &str, container: &Value) -> Invocation {
+    let at = format!(
+        "{at} container {}",
+        text(container, &["name"]).unwrap_or("?")
+    );
+    let strings = |key: &str| -> Vec<String> {
+        seq(container, &[key])
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => panic!("{at}: {key} entry {other:?} is not a string"),
+            })
+            .collect()
+    };
+    let mut argv = Vec::new();
+    let command = strings("command");
+    if let Some((first, rest)) = command.split_first() {
+        assert!(
+            Path::new(first).file_name().and_then(|n| n.to_str()) == Some("tugboat"),
+            "{at}: command {first:?} is not the tugboat binary"
+        );
+        argv.extend(rest.iter().cloned());
+    }
+    argv.extend(strings("args"));
+    assert!(
+        get(container, &["envFrom"]).is_none(),
+        "{at}: envFrom cannot be checked; use env entries"
+    );
+    let env = seq(container, &["env"])
+        .iter()
+        .map(|e| {
+            let key = text(e, &["name"]).expect("env without name").to_string();
+            let value = if let Some(v) = text(e, &["value"]) {
+                v.to_string()
+            } else if text(e, &["valueFrom", "fieldRef", "fieldPath"]) == Some("spec.nodeName") {
+                "node-a".to_string()
+            } else if get(e, &["valueFrom"]).is_some() {
+                "from-value-from".to_string()
+            } else {
+                String::new()
+            };
+            (key, value)
+        })
+        .collect();
+    Invocation { at, argv, env }
+}
+
+fn invocations(docs: &[Doc]) -> Vec<Invocation> {
+    let mut out = Vec::new();
+    for pod in pod_specs(docs) {
+        for c in containers(pod.spec).filter(|c| is_tugboat(c)) {
+            out.push(invocation(&pod.at, c));
+        }
+    }
+    out
+}
+
+/// The value of `--flag` in argv (`--flag=v` or `--flag v`), else of env `var`.
+fn option(inv: &Invocation, flag: &str, var: &str) -> Option<String> {
+    let mut args = inv.argv.iter();
+    while let Some(arg) = args.next() {
+        if let Some(v) = arg.strip_prefix(&format!("{flag}=")) {
+            return Some(v.to_string());
+        }
+        if arg == flag {
+            return args.next().cloned();
+        }
+    }
+    inv.env
+        .iter()
+        .find(|(k, _)| k == var)
+        .map(|(_, v)| v.clone())
+}
+
+/// The subcommand path (`["node"]`, `["cache", "gc"]`) at the start of argv.
+fn subcommand(argv: &[String]) -> Vec<String> {
+    match argv.first().map(String::as_str) {
+        Some("cache") => argv.iter().take(2).cloned().collect(),
+        Some(first) if !first.starts_with('-') => vec![first.to_string()],
+        _ => Vec::new(),
+    }
+}
+
+/// Positional arguments after the subcommand (values of `--flag value` pairs are skipped when
+/// the flag is not boolean: every tugboat flag in the manifests uses `--flag=value`).
+fn positionals(argv: &[String]) -> Vec<String> {
+    let skip = subcommand(argv).len();
+    argv[skip..]
+        .iter()
+        .filter(|a| !a.starts_with('-'))
+        .cloned()
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checking invocations against a binary
+
+fn run_checked(bin: &Path, inv: &Invocation, extra: &[&str]) -> std::process::Output {
+    Command::new(bin)
+        .args(&inv.argv)
+        .args(extra)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(inv.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("TUGBOAT_CHECK_ARGS", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()))
+}
+
+fn env_vars_in_help(bin: &Path, sub: &[String]) -> BTreeSet<String> {
+    let out = Command::new(bin)
+        .args(sub)
+        .arg("--help")
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tugboat {sub:?} --help failed");
+    let help = String::from_utf8_lossy(&out.stdout).replace('\n', " ");
+    help.split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split('=').next())
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+/// Every tugboat container in manifests/ parses with `bin`: flags, values and env.
+fn check_invocations_with(bin: &Path) {
+    let docs = docs();
+    let invs = invocations(&docs);
+    // the DaemonSet's node plugin and the init containers of examples 1, 2 and 5
+    assert!(
+        invs.len() >= 4,
+        "expected the node plugin and the init containers, found {}",
+        invs.len()
+    );
+    assert!(
+        invs.iter().any(|i| subcommand(&i.argv) == ["node"]),
+        "no `tugboat node` container in manifests/"
+    );
+    for inv in &invs {
+        let sub = subcommand(&inv.argv);
+        assert!(
+            !sub.is_empty(),
+            "{}: no tugboat subcommand in {:?}",
+            inv.at,
+            inv.argv
+        );
+
+        let out = run_checked(bin, inv, &[]);
+        assert!(
+            out.status.success(),
+            "{}: `tugboat {}` with env {:?} is refused by {}:\n{}",
+            inv.at,
+            inv.argv.join(" "),
+            inv.env,
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The check is a real parse: the same invocation plus an unknown flag is refused.
+        let bad = run_checked(bin, inv, &["--no-such-flag-for-the-test"]);
+        assert_eq!(
+            bad.status.code(),
+            Some(2),
+            "{}: an unknown flag was not refused; is TUGBOAT_CHECK_ARGS parsing?",
+            inv.at
+        );
+
+        // clap ignores environment variables it does not know: make sure each is read.
+        let known = env_vars_in_help(bin, &sub);
+        for (key, _) in &inv.env {
+            if key.starts_with("TUGBOAT_") {
+                assert!(
+                    known.contains(key),
+                    "{}: env {key} is not read by `tugboat {}` (it reads {known:?})",
+                    inv.at,
+                    sub.join(" ")
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn tugboat_args_and_env_in_manifests_are_accepted_by_the_binary() {
+    check_invocations_with(Path::new(env!("CARGO_BIN_EXE_tugboat")));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schemas
+
+fn kubernetes_validate(files: &[PathBuf], version: Option<&str>) -> (bool, String) {
+    // `python3 -m` rather than the console script: no PATH or pyenv-shim surprises.
+    let mut cmd = Command::new("python3");
+    cmd.args(["-m", "kubernetes_validate", "--strict"]);
+    if let Some(v) = version {
+        cmd.args(["--kubernetes-version", v]);
+    }
+    let out = cmd.args(files).output().unwrap_or_else(|e| {
+        panic!(
+            "kubernetes-validate is not installed ({e}): pip install kubernetes-validate \
+             (bash .ci/run does)"
+        )
+    });
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !report.contains("No module named kubernetes_validate"),
+        "kubernetes-validate is not installed: pip install kubernetes-validate (bash .ci/run does)"
+    );
+    (out.status.success(), report)
+}
+
+#[test]
+fn every_manifest_is_valid_against_the_kubernetes_schemas() {
+    let files: Vec<PathBuf> = yaml_files(&manifests_dir())
+        .into_iter()
+        .filter(|p| !is_kustomization(p))
+        .collect();
+    assert!(
+        files.len() >= 10,
+        "expected the node manifests and 5 examples"
+    );
+    let objects = docs().len();
+    // The oldest Kubernetes still commonly run, and the newest the package knows.
+    for version in [Some("1.29.0"), None] {
+        let (ok, report) = kubernetes_validate(&files, version);
+        assert!(ok, "kubernetes-validate {version:?} failed:\n{report}");
+        let passed = report
+            .lines()
+            .filter(|l| l.starts_with("INFO") && l.contains(" passed "))
+            .count();
+        for line in report.lines().filter(|l| l.starts_with("WARN")) {
+            // Only the Prometheus Operator's PodMonitor has no schema in the package; it is
+            // checked field by field in `metrics_scrape_finds_the_node_plugin`.
+            assert!(
+                line.contains("kind PodMonitor"),
+                "kubernetes-validate {version:?}: {line}"
+            );
+        }
+        let podmonitors = docs().iter().filter(|d| kind(d) == "PodMonitor").count();
+        assert_eq!(
+            passed + podmonitors,
+            objects,
+            "not every object was validated:\n{report}"
+        );
+    }
+}
+
+/// Negative control: the validator does refuse a wrong manifest (so a pass means something).
+#[test]
+fn the_schema_check_refuses_a_broken_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(manifests_dir().join("csidriver.yaml"))
+        .unwrap()
+        .replace(
+            "attachRequired: false",
+            "attachRequired: \"no\"\n  attachMode: none",
+        );
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, text).unwrap();
+    let (ok, report) = kubernetes_validate(&[bad], None);
+    assert!(!ok, "a broken CSIDriver passed:\n{report}");
+    assert!(
+        report.contains("attachMode") && report.contains("attachRequired"),
+        "{report}"
+    );
+}
+
+#[test]
+fn kustomizations_deploy_the_node_part() {
+    let dir = manifests_dir();
+    for path in yaml_files(&dir).into_iter().filter(|p| is_kustomization(p)) {
+        let k: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(
+            text(&k, &["kind"]),
+            Some("Kustomization"),
+            "{}",
+            path.display()
+        );
+        let base = path.parent().unwrap();
+        for r in seq(&k, &["resources"]) {
+            let r = r.as_str().unwrap();
+            assert!(
+                base.join(r).exists(),
+                "{}: resource {r} is missing",
+                path.display()
+            );
+        }
+    }
+    // The top-level kustomization holds every top-level object file, so `kubectl apply -k
+    // manifests/` deploys all of the node part.
+    let k: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap())
+            .unwrap();
+    let listed: BTreeSet<&str> = seq(&k, &["resources"])
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_str().unwrap();
+        if path.is_file() && file.ends_with(".yaml") && !is_kustomization(&path) {
+            assert!(
+                listed.contains(file),
+                "kustomization.yaml does not list {file}"
+            );
+        }
+    }
+    let docs = docs();
+    let in_base = |d: &&Doc| Path::new(&d.file).parent() == Some(Path::new("manifests"));
+    let kinds: BTreeSet<&str> = docs.iter().filter(in_base).map(kind).collect();
+    for needed in [
+        "Namespace",
+        "CSIDriver",
+        "ServiceAccount",
+        "ConfigMap",
+        "DaemonSet",
+        "Service",
+    ] {
+        assert!(kinds.contains(needed), "the node part lacks a {needed}");
+    }
+    // The image the kustomization rewrites is the one the workloads use.
+    for image in seq(&k, &["images"]) {
+        let image_name = text(image, &["name"]).unwrap();
+        let used = docs.iter().filter(in_base).any(|d| {
+            pod_specs(std::slice::from_ref(d)).iter().any(|p| {
+                containers(p.spec).any(|c| {
+                    text(c, &["image"]).is_some_and(|i| i.split(':').next() == Some(image_name))
+                })
+            })
+        });
+        assert!(
+            used,
+            "kustomization images: {image_name} is used by no container"
+        );
+    }
+    // Where kubectl is installed, let kustomize itself render it.
+    if let Ok(out) = Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(&dir)
+        .output()
+    {
+        assert!(
+            out.status.success(),
+            "kubectl kustomize manifests/:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rendered = String::from_utf8_lossy(&out.stdout);
+        assert!(rendered.contains("kind: DaemonSet") && rendered.contains("kind: CSIDriver"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Paths, ports, sockets and names
+
+/// The container's volumeMount that holds `path`, with the volume it mounts.
+fn mount_for<'a>(
+    spec: &'a Value,
+    container: &'a Value,
+    path: &str,
+) -> Option<(&'a Value, &'a Value)> {
+    let path = Path::new(path);
+    let mounts = seq(container, &["volumeMounts"]);
+    let mount = mounts
+        .iter()
+        .filter(|m| path.starts_with(text(m, &["mountPath"]).unwrap_or("\0")))
+        .max_by_key(|m| text(m, &["mountPath"]).unwrap().len())?;
+    let volume_name = text(mount, &["name"]).unwrap();
+    let volume = seq(spec, &["volumes"])
+        .iter()
+        .find(|v| text(v, &["name"]) == Some(volume_name))
+        .unwrap_or_else(|| panic!("volumeMount {volume_name} has no volume"));
+    Some((mount, volume))
+}
+
+/// The file a configMap or secret volume mounted at `mount` provides at `path`, as text.
+fn projected_file(docs: &[Doc], at: &str, mount: &Value, volume: &Value, path: &str) -> String {
+    let rel = Path::new(path)
+        .strip_prefix(text(mount, &["mountPath"]).unwrap())
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (kind_, object, source) = if let Some(cm) = get(volume, &["configMap"]) {
+        ("ConfigMap", text(cm, &["name"]).unwrap(), cm)
+    } else if let Some(secret) = get(volume, &["secret"]) {
+        ("Secret", text(secret, &["secretName"]).unwrap(), secret)
+    } else {
+        panic!("{at}: {path} is on a volume that is neither a ConfigMap nor a Secret");
+    };
+    let items = seq(source, &["items"]);
+    let key = if items.is_empty() {
+        rel.clone()
+    } else {
+        items
+            .iter()
+            .find(|i| text(i, &["path"]) == Some(rel.as_str()))
+            .and_then(|i| text(i, &["key"]))
+            .unwrap_or_else(|| panic!("{at}: no item of {kind_} {object} lands at {rel}"))
+            .to_string()
+    };
+    let doc = find(docs, kind_, object)
+        .unwrap_or_else(|| panic!("{at}: {kind_} {object} is not in manifests/"));
+    if let Some(v) = text(&doc.value, &["data", &key]).filter(|_| kind_ == "ConfigMap") {
+        return v.to_string();
+    }
+    if let Some(v) = text(&doc.value, &["stringData", &key]) {
+        return v.to_string();
+    }
+    if let Some(v) = text(&doc.value, &["data", &key]) {
+        use base64::Engine as _;
+        return String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v).unwrap())
+            .unwrap();
+    }
+    panic!("{at}: {kind_} {object} has no key {key} for {path}");
+}
+
+fn container_ports(spec: &Value) -> Vec<(String, String, i64)> {
+    let mut out = Vec::new();
+    for c in containers(spec) {
+        for p in seq(c, &["ports"]) {
+            out.push((
+                text(c, &["name"]).unwrap().to_string(),
+                text(p, &["name"]).unwrap_or("").to_string(),
+                get(p, &["containerPort"]).and_then(Value::as_i64).unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+fn port_of(addr: &str) -> i64 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{addr:?} has no port"))
+}
+
+fn sidecar_flag<'a>(container: &'a Value, flag: &str) -> Option<&'a str> {
+    seq(container, &["args"])
+        .iter()
+        .filter_map(Value::as_str)
+        .find_map(|a| a.strip_prefix(&format!("{flag}=")))
+}
+
+#[test]
+fn paths_ports_and_sockets_fit_the_pods_around_tugboat() {
+    let docs = docs();
+    let mut warm_lists = 0;
+    for pod in pod_specs(&docs) {
+        let spec = pod.spec;
+        let ports = container_ports(spec);
+        // No two containers of a pod listen on one port (they share the network namespace).
+        let mut seen = BTreeMap::new();
+        for (c, _, p) in &ports {
+            if let Some(other) = seen.insert(*p, c.clone()) {
+                panic!("{}: port {p} is used by {other} and {c}", pod.at);
+            }
+        }
+        // Every probe's port is a declared port of its container.
+        for c in containers(spec) {
+            for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                if let Some(port) = get(c, &[probe, "httpGet", "port"]) {
+                    let cname = text(c, &["name"]).unwrap();
+                    let ok = ports.iter().any(|(_, n, p)| match port {
+                        Value::String(s) => n == s,
+                        Value::Number(num) => num.as_i64() == Some(*p),
+                        _ => false,
+                    });
+                    assert!(
+                        ok,
+                        "{} {cname}: {probe} port {port:?} is no container port",
+                        pod.at
+                    );
+                }
+            }
+            // A sidecar's --http-endpoint is a declared port of that container.
+            if let Some(endpoint) = sidecar_flag(c, "--http-endpoint") {
+                let cname = text(c, &["name"]).unwrap();
+                assert!(
+                    ports
+                        .iter()
+                        .any(|(pc, _, p)| pc == cname && *p == port_of(endpoint)),
+                    "{} {cname}: --http-endpoint {endpoint} is not a containerPort of it",
+                    pod.at
+                );
+            }
+        }
+
+        for c in containers(spec).filter(|c| is_tugboat(c)) {
+            let inv = invocation(&pod.at, c);
+            let at = &inv.at;
+            let sub = subcommand(&inv.argv);
+            // Every path tugboat is given lies on a volume of the pod.
+            let path_options = [
+                ("--dest", "TUGBOAT_DEST"),
+                ("--cache", "TUGBOAT_CACHE"),
+                ("--warm-config", "TUGBOAT_WARM_CONFIG"),
+                ("--docker-config", "TUGBOAT_DOCKER_CONFIG"),
+                ("--ca-file", "TUGBOAT_CA_FILE"),
+            ];
+            for (flag, var) in path_options {
+                let Some(path) = option(&inv, flag, var) else {
+                    continue;
+                };
+                assert!(path.starts_with('/'), "{at}: {flag} {path} is not absolute");
+                let (mount, volume) = mount_for(spec, c, &path)
+                    .unwrap_or_else(|| panic!("{at}: {flag} {path} is on no volumeMount"));
+                let read_only = get(mount, &["readOnly"]).and_then(Value::as_bool) == Some(true);
+                match flag {
+                    "--dest" | "--cache" => {
+                        assert!(!read_only, "{at}: {flag} {path} is mounted read-only")
+                    }
+                    "--warm-config" => {
+                        let yaml = projected_file(&docs, at, mount, volume, &path);
+                        let dir = tempfile::tempdir().unwrap();
+                        let file = dir.path().join("warm.yaml");
+                        std::fs::write(&file, yaml).unwrap();
+                        let list = tugboat::warm::WarmList::load(&file)
+                            .unwrap_or_else(|e| panic!("{at}: the warm list: {e}"));
+                        assert!(!list.models.is_empty(), "{at}: the warm list is empty");
+                        warm_lists += 1;
+                    }
+                    "--docker-config" => {
+                        let json = projected_file(&docs, at, mount, volume, &path);
+                        tugboat::registry::CredentialStore::from_docker_config_json(
+                            json.as_bytes(),
+                        )
+                        .unwrap_or_else(|e| panic!("{at}: {path}: {e}"));
+                    }
+                    _ => {}
+                }
+                if flag == "--cache" && sub == ["node"] {
+                    assert!(
+                        get(volume, &["hostPath"]).is_some(),
+                        "{at}: the node cache {path} must be a hostPath to outlive the pod"
+                    );
+                }
+            }
+            // References and mirrors parse as tugboat parses them.
+            if sub == ["pull"] {
+                let refs = positionals(&inv.argv);
+                assert_eq!(refs.len(), 1, "{at}: pull takes one reference: {refs:?}");
+                refs[0]
+                    .parse::<tugboat::reference::Reference>()
+                    .unwrap_or_else(|e| panic!("{at}: {}: {e}", refs[0]));
+            }
+            if let Some(m) = option(&inv, "--mirror", "TUGBOAT_MIRROR") {
+                tugboat::registry::EndpointPolicy::parse_mirror(&m)
+                    .unwrap_or_else(|e| panic!("{at}: mirror {m}: {e}"));
+            }
+            if sub == ["node"] {
+                check_node_plugin(&docs, &pod, c, &inv);
+            }
+        }
+    }
+    assert_eq!(
+        warm_lists, 1,
+        "the DaemonSet should load the warm list ConfigMap"
+    );
+}
+
+fn check_node_plugin(docs: &[Doc], pod: &PodSpec<'_>, tugboat: &Value, inv: &Invocation) {
+    let at = &inv.at;
+    let spec = pod.spec;
+    // /metrics, /healthz, /readyz: the port is declared and named `metrics`.
+    let http = option(inv, "--http-addr", "TUGBOAT_HTTP_ADDR").unwrap_or("0.0.0.0:9808".into());
+    let http_port = port_of(&http);
+    assert!(
+        seq(tugboat, &["ports"]).iter().any(|p| {
+            get(p, &["containerPort"]).and_then(Value::as_i64) == Some(http_port)
+                && text(p, &["name"]) == Some("metrics")
+        }),
+        "{at}: --http-addr {http} is not the container port named metrics"
+    );
+    assert_eq!(
+        text(tugboat, &["readinessProbe", "httpGet", "path"]),
+        Some("/readyz"),
+        "{at}: readiness should use /readyz"
+    );
+
+    // The CSI socket: one hostPath directory shared with the two sidecars, registered with
+    // kubelet at its host path.
+    let endpoint = option(inv, "--csi-endpoint", "TUGBOAT_CSI_ENDPOINT")
+        .unwrap_or("unix:///csi/csi.sock".into());
+    let socket = endpoint
+        .strip_prefix("unix://")
+        .unwrap_or_else(|| panic!("{at}: --csi-endpoint {endpoint} is not unix://"));
+    let (mount, volume) =
+        mount_for(spec, tugboat, socket).unwrap_or_else(|| panic!("{at}: {socket} on no volume"));
+    let rel = Path::new(socket)
+        .strip_prefix(text(mount, &["mountPath"]).unwrap())
+        .unwrap();
+    let host_dir = text(volume, &["hostPath", "path"])
+        .unwrap_or_else(|| panic!("{at}: the CSI socket must be on a hostPath"));
+    let host_socket = Path::new(host_dir).join(rel);
+    let driver = option(inv, "--driver-name", "TUGBOAT_DRIVER_NAME")
+        .unwrap_or(tugboat::csi::DEFAULT_DRIVER_NAME.into());
+    assert_eq!(
+        Path::new(host_dir),
+        Path::new("/var/lib/kubelet/plugins").join(&driver),
+        "{at}: kubelet expects the plugin's socket under plugins/<driver name>"
+    );
+    let mut sidecars = BTreeSet::new();
+    for c in containers(spec).filter(|c| !is_tugboat(c)) {
+        let cname = text(c, &["name"]).unwrap();
+        let Some(address) = sidecar_flag(c, "--csi-address") else {
+            continue;
+        };
+        let (m, v) = mount_for(spec, c, address)
+            .unwrap_or_else(|| panic!("{at}: {cname} --csi-address {address} on no volume"));
+        assert_eq!(
+            text(v, &["name"]),
+            text(volume, &["name"]),
+            "{cname}: --csi-address is not on tugboat's socket volume"
+        );
+        assert_eq!(
+            Path::new(address)
+                .strip_prefix(text(m, &["mountPath"]).unwrap())
+                .unwrap(),
+            rel,
+            "{cname}: --csi-address {address} is not tugboat's socket {socket}"
+        );
+        let image = text(c, &["image"]).unwrap();
+        if image.contains("csi-node-driver-registrar") {
+            assert_eq!(
+                sidecar_flag(c, "--kubelet-registration-path").map(PathBuf::from),
+                Some(host_socket.clone()),
+                "{cname}: --kubelet-registration-path must be the socket's host path"
+            );
+            let (_, reg) = mount_for(spec, c, "/registration")
+                .unwrap_or_else(|| panic!("{cname}: /registration is not mounted"));
+            assert_eq!(
+                text(reg, &["hostPath", "path"]),
+                Some("/var/lib/kubelet/plugins_registry")
+            );
+            sidecars.insert("registrar");
+        }
+        if image.contains("livenessprobe") {
+            sidecars.insert("livenessprobe");
+        }
+    }
+    assert_eq!(
+        sidecars,
+        BTreeSet::from(["livenessprobe", "registrar"]),
+        "{at}: both sidecars"
+    );
+
+    // kubelet's pods directory at the same path, Bidirectional, in a privileged container
+    // (the only kind Kubernetes lets propagate mounts); no other mount propagates that way.
+    let pods_dir = "/var/lib/kubelet/pods";
+    let (mount, volume) = mount_for(spec, tugboat, pods_dir)
+        .unwrap_or_else(|| panic!("{at}: kubelet's pods directory is not mounted"));
+    assert_eq!(text(mount, &["mountPath"]), Some(pods_dir));
+    assert_eq!(text(volume, &["hostPath", "path"]), Some(pods_dir));
+    assert_eq!(text(mount, &["mountPropagation"]), Some("Bidirectional"));
+    assert_eq!(
+        get(tugboat, &["securityContext", "privileged"]).and_then(Value::as_bool),
+        Some(true)
+    );
+    for c in containers(spec) {
+        for m in seq(c, &["volumeMounts"]) {
+            if text(m, &["mountPropagation"]) == Some("Bidirectional") {
+                assert!(is_tugboat(c) && text(m, &["mountPath"]) == Some(pods_dir));
+            }
+        }
+        // Everything else as tight as it goes.
+        if !is_tugboat(c) {
+            let sc = get(c, &["securityContext"]).expect("sidecar securityContext");
+            assert_eq!(
+                get(sc, &["allowPrivilegeEscalation"]).and_then(Value::as_bool),
+                Some(false)
+            );
+            assert_eq!(
+                get(sc, &["readOnlyRootFilesystem"]).and_then(Value::as_bool),
+                Some(true)
+            );
+            assert_eq!(
+                seq(sc, &["capabilities", "drop"])
+                    .first()
+                    .and_then(Value::as_str),
+                Some("ALL")
+            );
+        } else {
+            assert_eq!(
+                get(c, &["securityContext", "readOnlyRootFilesystem"]).and_then(Value::as_bool),
+                Some(true)
+            );
+        }
+        for r in ["requests", "limits"] {
+            assert!(
+                get(c, &["resources", r, "memory"]).is_some(),
+                "{at}: {} has no memory {r}",
+                text(c, &["name"]).unwrap()
+            );
+        }
+    }
+
+    // The CSIDriver object names the same driver, as the issue specifies.
+    let csidriver =
+        find(docs, "CSIDriver", &driver).unwrap_or_else(|| panic!("no CSIDriver named {driver}"));
+    let s = &csidriver.value["spec"];
+    assert_eq!(s["attachRequired"].as_bool(), Some(false));
+    assert_eq!(s["podInfoOnMount"].as_bool(), Some(true));
+    assert_eq!(s["fsGroupPolicy"].as_str(), Some("None"));
+    let modes: BTreeSet<&str> = seq(s, &["volumeLifecycleModes"])
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(modes, BTreeSet::from(["Ephemeral", "Persistent"]));
+
+    // The metrics Service and the PodMonitor select these pods and name the metrics port.
+    let labels = pod.labels.expect("DaemonSet pods need labels");
+    let selects = |selector: Option<&Value>| {
+        let selector = selector.and_then(Value::as_mapping).expect("selector");
+        !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    };
+    let services: Vec<&Doc> = docs.iter().filter(|d| kind(d) == "Service").collect();
+    assert!(
+        services
+            .iter()
+            .any(|d| selects(get(&d.value, &["spec", "selector"]))
+                && seq(&d.value, &["spec", "ports"]).iter().any(|p| {
+                    text(p, &["targetPort"]) == Some("metrics")
+                        || get(p, &["targetPort"]).and_then(Value::as_i64) == Some(http_port)
+                })),
+        "no Service selects the node plugin's metrics port"
+    );
+    let monitors: Vec<&Doc> = docs.iter().filter(|d| kind(d) == "PodMonitor").collect();
+    assert!(!monitors.is_empty(), "no PodMonitor");
+    for m in monitors {
+        // No schema for it in kubernetes-validate: check its shape here.
+        assert_eq!(
+            text(&m.value, &["apiVersion"]),
+            Some("monitoring.coreos.com/v1")
+        );
+        let spec_keys: BTreeSet<&str> = get(&m.value, &["spec"])
+            .and_then(Value::as_mapping)
+            .unwrap()
+            .keys()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(spec_keys.is_subset(&BTreeSet::from([
+            "selector",
+            "podMetricsEndpoints",
+            "namespaceSelector",
+            "jobLabel",
+            "podTargetLabels",
+        ])));
+        assert!(selects(get(&m.value, &["spec", "selector", "matchLabels"])));
+        for e in seq(&m.value, &["spec", "podMetricsEndpoints"]) {
+            assert_eq!(text(e, &["port"]), Some("metrics"));
+            assert_eq!(text(e, &["path"]), Some("/metrics"));
+        }
+    }
+}
+
+#[test]
+fn model_volumes_name_the_driver_and_a_valid_reference() {
+    let docs = docs();
+    let driver = tugboat::csi::DEFAULT_DRIVER_NAME;
+    let parse = |at: &str, r: &str| {
+        r.parse::<tugboat::reference::Reference>()
+            .unwrap_or_else(|e| panic!("{at}: reference {r:?}: {e}"));
+    };
+    let check_attrs = |at: &str, attrs: Option<&Value>| {
+        if let Some(policy) = attrs.and_then(|a| text(a, &["pullPolicy"])) {
+            assert!(
+                ["IfNotPresent", "Always", "Never"].contains(&policy),
+                "{at}: pullPolicy {policy}"
+            );
+        }
+    };
+    let mut inline = 0;
+    let mut with_secret = 0;
+    for pod in pod_specs(&docs) {
+        for v in seq(pod.spec, &["volumes"]) {
+            let Some(csi) = get(v, &["csi"]) else {
+                continue;
+            };
+            assert_eq!(text(csi, &["driver"]), Some(driver), "{}", pod.at);
+            assert_eq!(
+                get(csi, &["readOnly"]).and_then(Value::as_bool),
+                Some(true),
+                "{}",
+                pod.at
+            );
+            let attrs = get(csi, &["volumeAttributes"]);
+            let reference = attrs
+                .and_then(|a| text(a, &["reference"]))
+                .unwrap_or_else(|| {
+                    panic!("{}: a csi volume needs volumeAttributes.reference", pod.at)
+                });
+            parse(&pod.at, reference);
+            check_attrs(&pod.at, attrs);
+            if let Some(secret) = text(csi, &["nodePublishSecretRef", "name"]) {
+                let s = find(&docs, "Secret", secret)
+                    .unwrap_or_else(|| panic!("{}: Secret {secret} is missing", pod.at));
+                assert_eq!(
+                    text(&s.value, &["type"]),
+                    Some("kubernetes.io/dockerconfigjson")
+                );
+                with_secret += 1;
+            }
+            inline += 1;
+        }
+        for s in seq(pod.spec, &["imagePullSecrets"]) {
+            let name = text(s, &["name"]).unwrap();
+            assert!(
+                find(&docs, "Secret", name).is_some(),
+                "{}: Secret {name} is missing",
+                pod.at
+            );
+        }
+    }
+    assert!(
+        inline >= 2 && with_secret >= 1,
+        "examples 3 and 5 use csi volumes"
+    );
+
+    let mut shared = 0;
+    for pv in docs.iter().filter(|d| kind(d) == "PersistentVolume") {
+        let at = format!("{} PersistentVolume/{}", pv.file, name(&pv.value));
+        let csi = get(&pv.value, &["spec", "csi"]).expect("a csi PV");
+        assert_eq!(text(csi, &["driver"]), Some(driver), "{at}");
+        assert_eq!(
+            get(csi, &["readOnly"]).and_then(Value::as_bool),
+            Some(true),
+            "{at}"
+        );
+        let attrs = get(csi, &["volumeAttributes"]);
+        let reference = attrs
+            .and_then(|a| text(a, &["reference"]))
+            .or_else(|| text(csi, &["volumeHandle"]))
+            .unwrap();
+        parse(&at, reference);
+        check_attrs(&at, attrs);
+        let modes: Vec<&str> = seq(&pv.value, &["spec", "accessModes"])
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(modes, ["ReadOnlyMany"], "{at}");
+        // Its claim binds to it by name and is used by a multi-replica workload.
+        let claim = docs
+            .iter()
+            .find(|d| {
+                kind(d) == "PersistentVolumeClaim"
+                    && text(&d.value, &["spec", "volumeName"]) == Some(name(&pv.value))
+            })
+            .unwrap_or_else(|| panic!("{at}: no claim binds to it"));
+        let users = docs
+            .iter()
+            .filter(|d| kind(d) == "Deployment")
+            .filter(|d| {
+                d.value["spec"]["replicas"].as_i64().unwrap_or(1) > 1
+                    && seq(&d.value, &["spec", "template", "spec", "volumes"])
+                        .iter()
+                        .any(|v| {
+                            text(v, &["persistentVolumeClaim", "claimName"])
+                                == Some(name(&claim.value))
+                        })
+            })
+            .count();
+        assert!(users >= 1, "{at}: no multi-replica Deployment shares it");
+        shared += 1;
+    }
+    assert_eq!(shared, 1, "example 4: one static PV");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Dockerfile
+
+/// One Dockerfile instruction: keyword and its (continuation-joined) rest.
+fn dockerfile_instructions(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if current.is_empty() && (trimmed.is_empty() || trimmed.starts_with('#')) {
+            continue;
+        }
+        if !current.is_empty() && trimmed.starts_with('#') {
+            continue; // comment inside a continued instruction
+        }
+        if let Some(part) = trimmed.strip_suffix('\\') {
+            current.push_str(part);
+            current.push(' ');
+            continue;
+        }
+        current.push_str(trimmed);
+        let (keyword, rest) = current
+            .split_once(char::is_whitespace)
+            .unwrap_or((&current, ""));
+        out.push((keyword.to_uppercase(), rest.trim().to_string()));
+        current.clear();
+    }
+    out
+}
+
+#[test]
+fn dockerfile_build_stage_runs_here_and_its_binary_accepts_the_manifests() {
+    let root = root();
+    let text = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let instructions = dockerfile_instructions(&text);
+
+    // Split into stages; the build stage is `FROM ... AS build`, the last stage is the image.
+    let mut stages: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    let mut global_args = BTreeMap::new();
+    for (keyword, rest) in instructions {
+        if keyword == "FROM" {
+            stages.push((rest, Vec::new()));
+        } else if let Some((_, body)) = stages.last_mut() {
+            body.push((keyword, rest));
+        } else if keyword == "ARG" {
+            let (k, v) = rest.split_once('=').unwrap_or((&rest, ""));
+            global_args.insert(k.to_string(), v.to_string());
+        }
+    }
+    let (build_from, build) = stages
+        .iter()
+        .find(|(from, _)| from.to_lowercase().ends_with(" as build"))
+        .expect("a stage `FROM ... AS build`");
+    assert!(
+        stages.len() >= 2,
+        "multi-stage: a build stage and the image"
+    );
+    assert!(
+        build_from.contains("rust:") && build_from.contains("bookworm"),
+        "build stage on Debian's Rust image: {build_from}"
+    );
+    let (image_from, image) = stages.last().unwrap();
+    assert!(
+        image_from.contains("distroless")
+            || image_from.contains("-slim")
+            || image_from.starts_with("scratch"),
+        "a small final image: {image_from}"
+    );
+
+    // Replay the build stage here: WORKDIR is the repository, ENV/ARG become the environment,
+    // RUN lines run in sh as Docker runs them. OUT (where the binary goes) is sent into
+    // target/image/ instead of /out.
+    let out_dir = root.join("target/image");
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    let mut runs = 0;
+    for (keyword, rest) in build {
+        match keyword.as_str() {
+            "WORKDIR" => assert_eq!(rest, "/src", "the build stage works in /src"),
+            "COPY" => assert_eq!(rest, ". .", "the build stage copies the repository"),
+            "ENV" | "ARG" => {
+                let (k, v) = rest.split_once('=').unwrap_or((rest, ""));
+                env.insert(k.to_string(), v.trim_matches('"').to_string());
+            }
+            "RUN" => {
+                let mut command = rest.as_str();
+                while let Some(after) = command.strip_prefix("--") {
+                    // RUN options such as --mount=type=cache,...
+                    command = after
+                        .split_once(' ')
+                        .map(|(_, c)| c.trim_start())
+                        .unwrap_or("");
+                }
+                let mut vars = env.clone();
+                vars.insert("OUT".into(), out_dir.display().to_string());
+                let started = std::time::Instant::now();
+                let status = Command::new("sh")
+                    .args(["-c", command])
+                    .current_dir(&root)
+                    .envs(&vars)
+                    .status()
+                    .unwrap();
+                assert!(
+                    status.success(),
+                    "build stage `RUN {command}` failed: {status}"
+                );
+                eprintln!("RUN {command}: {:.0?}", started.elapsed());
+                runs += 1;
+            }
+            other => panic!("build stage: {other} is not replayed by this test"),
+        }
+    }
+    assert!(runs >= 1, "the build stage has no RUN");
+    assert!(
+        env.contains_key("OUT"),
+        "the build stage sets ENV OUT (the binary's directory)"
+    );
+
+    // The image ships exactly that binary and runs it.
+    let out = env["OUT"].clone();
+    let copy = image
+        .iter()
+        .find(|(k, r)| k == "COPY" && r.starts_with("--from=build "))
+        .map(|(_, r)| r.clone())
+        .expect("COPY --from=build");
+    let parts: Vec<&str> = copy.split_whitespace().collect();
+    assert_eq!(
+        parts[1],
+        format!("{out}/tugboat"),
+        "the image copies $OUT/tugboat"
+    );
+    let entrypoint = image
+        .iter()
+        .find(|(k, _)| k == "ENTRYPOINT")
+        .map(|(_, r)| r.clone())
+        .expect("ENTRYPOINT");
+    assert_eq!(
+        entrypoint,
+        format!("[\"{}\"]", parts[2]),
+        "ENTRYPOINT is the copied binary"
+    );
+
+    let bin = out_dir.join("tugboat");
+    let version = Command::new(&bin).arg("--version").output().unwrap();
+    assert!(version.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("tugboat {}", env!("CARGO_PKG_VERSION"))
+    );
+    check_invocations_with(&bin);
+}
