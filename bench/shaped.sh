@@ -32,8 +32,11 @@ ID=$$
 NS_REG=tbreg$ID NS_CLI=tbcli$ID VETH_REG=tbr$ID VETH_CLI=tbc$ID
 WORK=$(mktemp -d -p "${BENCH_DIR:-/var/tmp}")
 cleanup() {
-  [ -n "${SHAPER_PID:-}" ] && kill "$SHAPER_PID" 2>/dev/null || true
-  [ -n "${REGISTRY_PID:-}" ] && kill "$REGISTRY_PID" 2>/dev/null || true
+  # Everything still running inside this run's namespaces was started by this script.
+  for ns in "$NS_REG" "$NS_CLI"; do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
+  done
+  sleep 0.2
   ip netns del "$NS_REG" 2>/dev/null || true
   ip netns del "$NS_CLI" 2>/dev/null || true
   rm -rf "$WORK"
@@ -64,10 +67,8 @@ log: {level: warn}
 storage: {filesystem: {rootdirectory: $WORK/registry/data}, delete: {enabled: true}}
 http: {addr: 127.0.0.1:5000}
 YAML
-in_reg docker-registry serve "$WORK/registry/config.yml" > "$WORK/registry.log" 2>&1 &
-REGISTRY_PID=$!
-in_reg "$SHAPER" "$NET.2:5000" 127.0.0.1:5000 "$((RTT_MS / 2))" "$CONN_MBPS" 2> "$WORK/shaper.log" &
-SHAPER_PID=$!
+ip netns exec "$NS_REG" docker-registry serve "$WORK/registry/config.yml" > "$WORK/registry.log" 2>&1 &
+ip netns exec "$NS_REG" "$SHAPER" "$NET.2:5000" 127.0.0.1:5000 "$((RTT_MS / 2))" "$CONN_MBPS" 2> "$WORK/shaper.log" &
 for _ in $(seq 100); do
   in_cli curl -fsS "http://$NET.2:5000/v2/" >/dev/null 2>&1 && break
   sleep 0.1

@@ -114,7 +114,7 @@ struct PullArgs {
     concurrency: usize,
     /// After the pull, evict least-recently-used unleased models until --cache is below this
     /// size (e.g. 500GiB). The model just pulled is kept.
-    #[arg(long, env = "TUGBOAT_CACHE_MAX_SIZE", value_parser = tugboat::cache::parse_size, requires = "cache")]
+    #[arg(long, env = "TUGBOAT_CACHE_MAX_SIZE", value_parser = tugboat::size::parse_size, requires = "cache")]
     cache_max_size: Option<u64>,
     /// Print a JSON summary on stdout (digest, files, bytes fetched and reused, seconds).
     #[arg(long, env = "TUGBOAT_JSON")]
@@ -213,7 +213,7 @@ struct RegistryArgs {
 }
 
 fn parse_chunk_size(text: &str) -> Result<u64, String> {
-    match tugboat::cache::parse_size(text) {
+    match tugboat::size::parse_size(text) {
         Ok(n) if n >= 64 * 1024 => Ok(n),
         Ok(_) => Err("the chunk size must be at least 64KiB".into()),
         Err(e) => Err(e),

@@ -16,5 +16,6 @@ pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod safe_path;
+pub mod size;
 pub mod tenancy;
 pub mod warm;

@@ -58,12 +58,9 @@ fn sigkill_at_seeded_points_never_corrupts_and_reruns_fetch_only_the_rest() {
     crash_loop(&["--concurrency", "1"], true);
 }
 
-/// Parallel downloads, kills anywhere: a kill after a blob's last byte reached its partial but
-/// before the rename leaves a complete partial, which the re-run cannot finish (see below).
+/// Parallel downloads, kills anywhere, including after a blob's last byte reached its partial
+/// but before the rename: the re-run verifies and commits such a partial.
 #[test]
-#[ignore = "blob download path: a complete ingest/<hex>.partial (kill between the last byte and \
-            the rename) makes the re-run ask Range bytes=SIZE-, get 416 and fail 'truncated blob' \
-            (pull.rs download_with_resume); being reworked by the ranged-download change"]
 fn sigkill_anywhere_with_parallel_downloads() {
     crash_loop(&[], false);
 }
@@ -71,8 +68,6 @@ fn sigkill_anywhere_with_parallel_downloads() {
 /// The precise reproduction: a partial holding every byte of its blob, as a kill just before
 /// the rename leaves it, must be verified and committed without fetching anything.
 #[test]
-#[ignore = "blob download path: pull.rs download_with_resume requests Range bytes=SIZE- for a \
-            complete partial and maps the 416 to 'truncated blob' (exit 5)"]
 fn a_complete_partial_is_committed_without_a_request() {
     let reg = Registry::start();
     let weights = random_bytes(2 * MIB, 301);
@@ -365,14 +360,12 @@ fn a_full_disk_fails_clearly_stays_consistent_and_recovers() {
     );
 
     // 3. A model that cannot fit at all is refused before downloading anything.
-    let big = disk.path().join("big-src");
-    let big_files = vec![("huge.bin".to_string(), random_bytes(48 * MIB, 202))];
+    let big_files = [("huge.bin".to_string(), random_bytes(48 * MIB, 202))];
     let layers: Vec<(Option<&str>, Vec<u8>)> = big_files
         .iter()
         .map(|(t, b)| (Some(t.as_str()), b.clone()))
         .collect();
     push_raw_artifact(&reg.host(), "disk/big", "v1", &layers, &[]);
-    let _ = big;
     let dest2 = disk.path().join("dest-big");
     proxy.reset_counters();
     let out = pull(&proxy.reference("disk/big:v1"), &dest2, Some(&cache), &[]);

@@ -4,6 +4,7 @@
 //! - Volume attributes cannot make the daemon mount anything but a cache snapshot: a reference
 //!   that is a path, a subPath with `..` or absolute, a target outside `--kubelet-root` (also
 //!   through a symlink) are all INVALID_ARGUMENT, with no mount and no lease left behind.
+//!
 //! Root only (real bind mounts, setpriv); skipped with a message elsewhere.
 
 mod common;
@@ -142,11 +143,15 @@ async fn volume_attributes_cannot_mount_anything_but_snapshots() {
             .insert("reference".into(), bad_reference.to_string());
         cases.push((format!("reference {bad_reference:?}"), r));
     }
+    // (A leading '/' is trimmed: "/etc" means the model's own "etc", which does not exist.)
+    let mut r = valid();
+    r.volume_context.insert("subPath".into(), "/etc".into());
+    let status = node.node_publish_volume(r).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
     for bad_sub_path in [
         "..",
         "../..",
         "data/../../..",
-        "/etc",
         "data/../../../etc",
         "./../x",
     ] {

@@ -249,9 +249,6 @@ fn blob_fetch_faults_are_retried_resumed_or_refused() {
 /// The registry's body runs to its end but the Content-Length promised more: every byte of
 /// the blob is there when the connection closes.
 #[test]
-#[ignore = "blob download path (pull.rs download_with_resume): after a body error with all \
-            bytes received it asks for Range bytes=SIZE- and turns the registry's 416 into \
-            'truncated blob' (exit 5); being reworked by the ranged-download change"]
 fn blob_with_overlong_content_length_completes() {
     let reg = Registry::start();
     let model = push_model(&reg, "faults/overlong");

@@ -412,17 +412,24 @@ fn the_schema_check_refuses_a_broken_manifest() {
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(manifests_dir().join("csidriver.yaml"))
         .unwrap()
-        .replace(
-            "attachRequired: false",
-            "attachRequired: \"no\"\n  attachMode: none",
-        );
+        .replace("attachRequired: false", "attachRequired: \"no\"");
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, text).unwrap();
-    let (ok, report) = kubernetes_validate(&[bad], None);
+    let (ok, report) = kubernetes_validate(std::slice::from_ref(&bad), None);
     assert!(!ok, "a broken CSIDriver passed:\n{report}");
+    assert!(report.contains("attachRequired"), "{report}");
+    // Strict mode: an unknown field is refused too.
+    let text = std::fs::read_to_string(manifests_dir().join("daemonset.yaml"))
+        .unwrap()
+        .replace(
+            "mountPropagation: Bidirectional",
+            "mountPropagation: Bidirectional\n              propagate: true",
+        );
+    std::fs::write(&bad, text).unwrap();
+    let (ok, report) = kubernetes_validate(&[bad], None);
     assert!(
-        report.contains("attachMode") && report.contains("attachRequired"),
-        "{report}"
+        !ok && report.contains("propagate"),
+        "an unknown field passed:\n{report}"
     );
 }
 
@@ -814,6 +821,12 @@ fn check_node_plugin(docs: &[Doc], pod: &PodSpec<'_>, tugboat: &Value, inv: &Inv
     assert_eq!(text(mount, &["mountPath"]), Some(pods_dir));
     assert_eq!(text(volume, &["hostPath", "path"]), Some(pods_dir));
     assert_eq!(text(mount, &["mountPropagation"]), Some("Bidirectional"));
+    if let Some(root) = option(inv, "--kubelet-root", "TUGBOAT_KUBELET_ROOT") {
+        assert!(
+            Path::new(pods_dir).starts_with(&root),
+            "{at}: --kubelet-root {root} would refuse kubelet's target paths in {pods_dir}"
+        );
+    }
     assert_eq!(
         get(tugboat, &["securityContext", "privileged"]).and_then(Value::as_bool),
         Some(true)

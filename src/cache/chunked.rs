@@ -228,7 +228,7 @@ fn hash_in_order(
 ) -> Result<(Sha256, u64), CacheError> {
     let mut hasher = Sha256::new();
     let mut hashed = 0u64;
-    let mut buffer = vec![0u8; 1 << 20];
+    let mut buffer = vec![0u8; 256 << 10];
     while let Ok(target) = frontier.recv() {
         while hashed < target {
             let want = (target - hashed).min(buffer.len() as u64) as usize;
@@ -270,8 +270,8 @@ impl ChunkedWriter {
             .collect()
     }
 
-    /// Writes `bytes` at `offset` (inside a chunk being fetched).
-    pub async fn write_at(&self, offset: u64, bytes: bytes::Bytes) -> Result<(), CacheError> {
+    /// Writes `bytes` at `offset` (inside a chunk being fetched) and returns the buffer.
+    pub async fn write_at(&self, offset: u64, bytes: Vec<u8>) -> Result<Vec<u8>, CacheError> {
         if offset + bytes.len() as u64 > self.layout.size {
             return Err(CacheError::SizeMismatch {
                 digest: self.digest.clone(),
@@ -282,6 +282,7 @@ impl ChunkedWriter {
         let (file, partial) = (self.file.clone(), self.partial.clone());
         tokio::task::spawn_blocking(move || {
             file.write_all_at(&bytes, offset)
+                .map(|()| bytes)
                 .map_err(|e| CacheError::io(&partial, e))
         })
         .await

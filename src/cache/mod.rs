@@ -15,7 +15,7 @@ mod verify;
 
 pub use chunked::{ChunkLayout, ChunkedIngest, ChunkedWriter};
 pub use error::CacheError;
-pub use gc::{parse_size, GcPolicy, GcReport};
+pub use gc::{GcPolicy, GcReport};
 pub use ingest::{BlobWriter, Ingest};
 pub use lease::Lease;
 pub use lock::FileLock;

@@ -5,8 +5,9 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
-use tugboat::cache::{parse_size, Cache, GcPolicy};
+use tugboat::cache::{Cache, GcPolicy};
 use tugboat::reference::Reference;
+use tugboat::size::parse_size;
 
 #[derive(Subcommand)]
 pub enum CacheCommand {

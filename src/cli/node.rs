@@ -46,7 +46,7 @@ pub struct NodeArgs {
     #[arg(long, value_name = "HOST:PORT", env = "TUGBOAT_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
     /// Evict least-recently-used, unused models when the cache grows past this (e.g. 500GiB).
-    #[arg(long, env = "TUGBOAT_CACHE_MAX_SIZE", value_parser = tugboat::cache::parse_size)]
+    #[arg(long, env = "TUGBOAT_CACHE_MAX_SIZE", value_parser = tugboat::size::parse_size)]
     cache_max_size: Option<u64>,
     /// Also evict while the cache filesystem is fuller than this percentage (e.g. 85).
     #[arg(long, env = "TUGBOAT_CACHE_HIGH_WATERMARK", value_parser = parse_percent)]

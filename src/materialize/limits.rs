@@ -1,56 +1,7 @@
 //! Caps on what unpacking archives may create, so a hostile or broken layer (a decompression
 //! bomb, a million-entry tar) fails with a clear error instead of filling the disk.
 
-use std::fmt;
-use std::str::FromStr;
-
-/// A byte count written like `500GiB`, `1TiB`, `10GB`, `4096`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ByteSize(pub u64);
-
-impl FromStr for ByteSize {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let number: f64 = number
-            .parse()
-            .map_err(|_| format!("{text:?} is not a size like 500GiB or 1TiB"))?;
-        let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" => 1000,
-            "ki" | "kib" => 1 << 10,
-            "m" | "mb" => 1_000_000,
-            "mi" | "mib" => 1 << 20,
-            "g" | "gb" => 1_000_000_000,
-            "gi" | "gib" => 1 << 30,
-            "t" | "tb" => 1_000_000_000_000,
-            "ti" | "tib" => 1 << 40,
-            other => return Err(format!("unknown size unit {other:?} in {text:?}")),
-        };
-        Ok(ByteSize((number * scale as f64) as u64))
-    }
-}
-
-impl fmt::Display for ByteSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, u64); 4] = [
-            ("TiB", 1 << 40),
-            ("GiB", 1 << 30),
-            ("MiB", 1 << 20),
-            ("KiB", 1 << 10),
-        ];
-        for (name, scale) in UNITS {
-            if self.0 >= scale && self.0 % scale == 0 {
-                return write!(f, "{}{name}", self.0 / scale);
-            }
-        }
-        write!(f, "{}", self.0)
-    }
-}
+pub use crate::size::ByteSize;
 
 /// Limits on unpacking, per pull.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

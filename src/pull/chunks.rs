@@ -9,7 +9,6 @@ use crate::cache::ChunkedWriter;
 use crate::progress::BlobProgress;
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryError, TransferOptions};
-use bytes::BytesMut;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use std::collections::VecDeque;
@@ -24,8 +23,9 @@ const MAX_CHUNK: u64 = 64 << 20;
 const DEFAULT_MAX_STREAMS: usize = 16;
 /// Streams a ramp starts with.
 const INITIAL_STREAMS: usize = 4;
-/// Bytes a stream gathers before one positioned write: the per-stream memory bound.
-const WRITE_BUFFER: usize = 512 << 10;
+/// Bytes a stream gathers before one positioned write: the per-stream memory bound. The
+/// buffer is reused for every write of a request (no allocation churn across threads).
+const WRITE_BUFFER: usize = 256 << 10;
 /// How long each step of the ramp is measured before deciding to double the streams.
 const RAMP_WINDOW: Duration = Duration::from_millis(1000);
 /// Doubling the streams must raise throughput by this factor to keep ramping.
@@ -228,7 +228,7 @@ async fn fetch_range(
     if !body.resumed {
         return Ok(false);
     }
-    let mut buffer = BytesMut::with_capacity(WRITE_BUFFER);
+    let mut buffer = Vec::with_capacity(WRITE_BUFFER);
     let mut failure = None;
     while *at + (buffer.len() as u64) < end {
         let piece = match body.stream.next().await {
@@ -245,30 +245,32 @@ async fn fetch_range(
         buffer.extend_from_slice(piece);
         received.fetch_add(piece.len() as u64, Ordering::Relaxed);
         if buffer.len() >= WRITE_BUFFER {
-            flush(writer, at, &mut buffer).await?;
+            buffer = flush(writer, at, buffer).await?;
         }
     }
     drop(body);
-    flush(writer, at, &mut buffer).await?;
+    flush(writer, at, buffer).await?;
     match failure {
-        Some(e) => Err(e.into()),
-        None => Ok(true),
+        // A body error after the chunk's last byte costs nothing.
+        Some(e) if *at < end => Err(e.into()),
+        _ => Ok(true),
     }
 }
 
+/// Writes the buffer at `*at` and hands it back empty for reuse.
 async fn flush(
     writer: &ChunkedWriter,
     at: &mut u64,
-    buffer: &mut BytesMut,
-) -> Result<(), PullError> {
+    buffer: Vec<u8>,
+) -> Result<Vec<u8>, PullError> {
     if buffer.is_empty() {
-        return Ok(());
+        return Ok(buffer);
     }
-    let bytes = std::mem::replace(buffer, BytesMut::with_capacity(WRITE_BUFFER)).freeze();
-    let n = bytes.len() as u64;
-    writer.write_at(*at, bytes).await?;
+    let n = buffer.len() as u64;
+    let mut buffer = writer.write_at(*at, buffer).await?;
     *at += n;
-    Ok(())
+    buffer.clear();
+    Ok(buffer)
 }
 
 /// The pull pipeline must stay `Send`: the daemon runs it with `tokio::spawn`.

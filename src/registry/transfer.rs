@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Concurrent blob requests allowed by default (all layers and chunks together).
-pub const DEFAULT_MAX_REQUESTS: usize = 32;
+pub const DEFAULT_MAX_REQUESTS: usize = 16;
 
 #[derive(Clone, Debug)]
 pub struct TransferOptions {
