@@ -209,17 +209,10 @@ impl Volumes {
         let work = move || async move {
             let client = RegistryClient::new(options)
                 .map_err(|e| Status::failed_precondition(format!("registry options: {e}")))?;
-            // The pull pipeline's future is not required to be Send, so it is driven on a
-            // blocking thread of its own (still on this runtime's I/O and timers).
-            let runtime = tokio::runtime::Handle::current();
             let started = std::time::Instant::now();
             metrics.pulls_in_flight.inc();
-            let result = tokio::task::spawn_blocking(move || {
-                runtime.block_on(pull::pull(&pull_request, &client, &Progress::hidden()))
-            })
-            .await;
+            let result = pull::pull(&pull_request, &client, &Progress::hidden()).await;
             metrics.pulls_in_flight.dec();
-            let result = result.map_err(|_| Status::internal("the pull task panicked"))?;
             metrics.record_pull("csi", &result, started.elapsed().as_secs_f64());
             result.map(Arc::new).map_err(|e| status::from_pull(&e))
         };

@@ -70,8 +70,6 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot start the warm-loop thread: {0}")]
-    Thread(std::io::Error),
     #[error("registry options: {0}")]
     Registry(#[from] crate::registry::RegistryError),
 }
@@ -129,19 +127,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
             metrics: metrics.clone(),
             shared: warm.clone(),
         };
-        // The pull pipeline's future is not Send, so the loop gets a thread and runtime of its own.
-        std::thread::Builder::new()
-            .name("warm-loop".into())
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime.block_on(warm_loop.run()),
-                    Err(e) => tracing::error!(error = %e, "cannot start the warm loop"),
-                }
-            })
-            .map_err(NodeError::Thread)?;
+        background.push(tokio::spawn(warm_loop.run()));
     }
     let gc_loop = gc_loop::GcLoop {
         cache: cache.clone(),
