@@ -674,7 +674,18 @@ async fn fetch_chunked(
             return Err(e);
         }
     }
-    match writer.commit().await {
+    committed(writer.commit().await, bar, resumed, may_retry)
+}
+
+/// The end of an attempt: a stored blob, or one more try from byte 0 when a resumed partial
+/// did not verify.
+fn committed(
+    commit: Result<(), CacheError>,
+    bar: crate::progress::BlobProgress,
+    resumed: bool,
+    may_retry: bool,
+) -> Result<Attempt, PullError> {
+    match commit {
         Ok(()) => {
             bar.finish();
             Ok(Attempt::Stored)
@@ -706,14 +717,7 @@ async fn fetch_whole(
     let mut bar = progress.blob(label, blob.size, writer.offset());
     let resumed = writer.resumed_from() > 0;
     download_with_resume(source, registry, blob, &mut writer, &mut bar, fetched).await?;
-    match writer.commit().await {
-        Ok(()) => {
-            bar.finish();
-            Ok(Attempt::Stored)
-        }
-        Err(CacheError::DigestMismatch { .. }) if resumed && may_retry => Ok(Attempt::Again),
-        Err(e) => Err(e.into()),
-    }
+    committed(writer.commit().await, bar, resumed, may_retry)
 }
 
 /// Feeds the writer until it holds the whole blob, resuming with Range after transient

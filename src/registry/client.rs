@@ -146,11 +146,7 @@ impl RegistryClient {
     /// origin only, never a mirror, since mirrors are spoken to anonymously.
     pub async fn manifest_readable(&self, reference: &Reference) -> Result<(), RegistryError> {
         let endpoint = self.origin(reference);
-        let url = endpoint.url(&format!(
-            "/v2/{}/manifests/{}",
-            reference.repository(),
-            reference.manifest_reference()
-        ));
+        let url = endpoint.url(&manifest_path(reference));
         let what = format!("manifest {reference}");
         self.send(&endpoint, reference.repository(), false, &what, |c| {
             c.head(&url).header(ACCEPT, MANIFEST_ACCEPT)
@@ -161,11 +157,7 @@ impl RegistryClient {
 
     /// Fetches a manifest or index by tag or digest (mirrors first), refusing oversize bodies.
     pub async fn manifest(&self, reference: &Reference) -> Result<FetchedManifest, RegistryError> {
-        let path = format!(
-            "/v2/{}/manifests/{}",
-            reference.repository(),
-            reference.manifest_reference()
-        );
+        let path = manifest_path(reference);
         let what = format!("manifest {reference}");
         self.with_fallback(reference, |endpoint| {
             let path = path.clone();
@@ -219,11 +211,7 @@ impl RegistryClient {
         &self,
         reference: &Reference,
     ) -> Result<Option<Digest>, RegistryError> {
-        let path = format!(
-            "/v2/{}/manifests/{}",
-            reference.repository(),
-            reference.manifest_reference()
-        );
+        let path = manifest_path(reference);
         let what = format!("manifest {reference}");
         self.with_fallback(reference, |endpoint| {
             let path = path.clone();
@@ -412,11 +400,7 @@ impl RegistryClient {
         media_type: &str,
     ) -> Result<Digest, RegistryError> {
         let endpoint = self.origin(reference);
-        let url = endpoint.url(&format!(
-            "/v2/{}/manifests/{}",
-            reference.repository(),
-            reference.manifest_reference()
-        ));
+        let url = endpoint.url(&manifest_path(reference));
         let what = format!("manifest {reference}");
         self.send(&endpoint, reference.repository(), true, &what, |c| {
             c.put(&url)
@@ -577,6 +561,15 @@ impl RegistryClient {
             }
         }
     }
+}
+
+/// `/v2/<repository>/manifests/<tag or digest>`.
+fn manifest_path(reference: &Reference) -> String {
+    format!(
+        "/v2/{}/manifests/{}",
+        reference.repository(),
+        reference.manifest_reference()
+    )
 }
 
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
