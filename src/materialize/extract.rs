@@ -172,6 +172,20 @@ impl<'a> Tree<'a> {
         }
     }
 
+    /// The UTF-8 target of a symlink or hard link entry (`kind` names it in errors).
+    fn link_target<R: Read>(
+        entry: &tar::Entry<'_, R>,
+        layer: &Layer<'_>,
+        raw: &str,
+        kind: &str,
+    ) -> Result<String, MaterializeError> {
+        entry
+            .link_name_bytes()
+            .map(|b| String::from_utf8(b.into_owned()))
+            .ok_or_else(|| Self::refuse(layer, raw, format!("a {kind} without a target")))?
+            .map_err(|_| Self::refuse(layer, raw, format!("the {kind} target is not UTF-8")))
+    }
+
     fn refuse(layer: &Layer<'_>, entry: &str, reason: impl Into<String>) -> MaterializeError {
         MaterializeError::UnsafeEntry {
             digest: layer.digest.clone(),
@@ -378,11 +392,7 @@ impl<'a> Tree<'a> {
         layer: &mut Layer<'_>,
         raw: &str,
     ) -> Result<(), MaterializeError> {
-        let link = entry
-            .link_name_bytes()
-            .map(|b| String::from_utf8(b.into_owned()))
-            .ok_or_else(|| Self::refuse(layer, raw, "a symlink without a target"))?
-            .map_err(|_| Self::refuse(layer, raw, "the symlink target is not UTF-8"))?;
+        let link = Self::link_target(entry, layer, raw, "symlink")?;
         let escape = || {
             Self::refuse(
                 layer,
@@ -467,11 +477,7 @@ impl<'a> Tree<'a> {
         layer: &mut Layer<'_>,
         raw: &str,
     ) -> Result<(), MaterializeError> {
-        let link = entry
-            .link_name_bytes()
-            .map(|b| String::from_utf8(b.into_owned()))
-            .ok_or_else(|| Self::refuse(layer, raw, "a hard link without a target"))?
-            .map_err(|_| Self::refuse(layer, raw, "the hard link target is not UTF-8"))?;
+        let link = Self::link_target(entry, layer, raw, "hard link")?;
         let outside = || {
             Self::refuse(
                 layer,
