@@ -251,41 +251,22 @@ const SINGLE_STREAM: &[&str] = &["--concurrency", "1", "--streams-per-blob", "1"
 fn start_and_kill_pull(reference: &str, dest: &Path, cache: &Path, size: u64) -> KillAttempt {
     // One stream: this test pins resuming from the partial's length (tests/ranged.rs covers
     // parallel chunks).
-    let mut child = pull_cmd(reference, dest, Some(cache), SINGLE_STREAM)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn tugboat pull");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(p) = find_partial(cache) {
-            let len = fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-            if len >= size / 4 {
-                nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(child.id() as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                )
-                .expect("SIGKILL tugboat");
-                child.wait().unwrap();
-                let partial_len = fs::metadata(&p)
-                    .unwrap_or_else(|e| panic!("partial {} gone after kill: {e}", p.display()))
-                    .len();
-                return KillAttempt::Killed {
-                    partial: p,
-                    partial_len,
-                };
+    let mut cmd = pull_cmd(reference, dest, Some(cache), SINGLE_STREAM);
+    let waiting_for = format!("ingest/*.partial reaching 25% of {size} bytes");
+    let partial = kill_when(&mut cmd, &waiting_for, cache, || {
+        find_partial(cache).filter(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0) >= size / 4)
+    });
+    match partial {
+        Some(partial) => {
+            let partial_len = fs::metadata(&partial)
+                .unwrap_or_else(|e| panic!("partial {} gone after kill: {e}", partial.display()))
+                .len();
+            KillAttempt::Killed {
+                partial,
+                partial_len,
             }
         }
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "first pull failed on its own: {status}");
-            return KillAttempt::FinishedFirst;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no ingest/*.partial reached 25% of {size} bytes in 120 s; ingest has {:?}",
-            walk(&cache.join("ingest"))
-        );
-        thread::sleep(Duration::from_millis(2));
+        None => KillAttempt::FinishedFirst,
     }
 }
 

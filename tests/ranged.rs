@@ -7,7 +7,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use tempfile::TempDir;
@@ -63,36 +63,17 @@ enum Killed {
 fn kill_midway(reference: &str, dest: &Path, cache: &Path, digest: &str, size: u64) -> Killed {
     let sidecar: PathBuf = cache.join("ingest").join(format!("{}.chunks", hex(digest)));
     let chunks = size.div_ceil(CHUNK);
-    let mut child = pull_cmd(reference, dest, Some(cache), &chunked_flags())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn tugboat pull");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some((_, done)) = read_sidecar(&sidecar) {
-            if done.len() as u64 >= chunks / 4 {
-                nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(child.id() as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                )
-                .expect("SIGKILL tugboat");
-                child.wait().unwrap();
-                let (chunk, done) = read_sidecar(&sidecar).expect("sidecar readable after kill");
-                assert_eq!(chunk, CHUNK, "sidecar records the chunk size");
-                return Killed::Midway { done };
-            }
+    let mut cmd = pull_cmd(reference, dest, Some(cache), &chunked_flags());
+    let killed = kill_when(&mut cmd, "chunk completed", cache, || {
+        read_sidecar(&sidecar).filter(|(_, done)| done.len() as u64 >= chunks / 4)
+    });
+    match killed {
+        Some(_) => {
+            let (chunk, done) = read_sidecar(&sidecar).expect("sidecar readable after kill");
+            assert_eq!(chunk, CHUNK, "sidecar records the chunk size");
+            Killed::Midway { done }
         }
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "first pull failed on its own: {status}");
-            return Killed::FinishedFirst;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no chunk completed in 120 s; ingest has {:?}",
-            walk(&cache.join("ingest"))
-        );
-        thread::sleep(Duration::from_millis(2));
+        None => Killed::FinishedFirst,
     }
 }
 

@@ -544,6 +544,45 @@ pub fn pull(reference: &str, dest: &Path, cache: Option<&Path>, extra: &[&str]) 
     run(&mut pull_cmd(reference, dest, cache, extra), TIMEOUT)
 }
 
+/// Runs `cmd` (output discarded) and SIGKILLs it as soon as `ready` yields, polling every
+/// 2 ms for up to 120 s. Returns what `ready` yielded, or `None` when the command finished
+/// (successfully) before that; `waiting_for` and `cache` explain a timeout.
+#[allow(dead_code)]
+pub fn kill_when<T>(
+    cmd: &mut Command,
+    waiting_for: &str,
+    cache: &Path,
+    mut ready: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn tugboat");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(value) = ready() {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .expect("SIGKILL tugboat");
+            child.wait().unwrap();
+            return Some(value);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "the command failed on its own: {status}");
+            return None;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {waiting_for} in 120 s; ingest has {:?}",
+            walk(&cache.join("ingest"))
+        );
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// `tugboat push DIR REF --plain-http EXTRA...`
 pub fn push(dir: &Path, reference: &str, extra: &[&str]) -> Run {
     let mut cmd = tugboat();
