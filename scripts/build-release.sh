@@ -10,5 +10,5 @@ cd "$(dirname "$0")/.."
 
 cargo build --release --locked --bin tugboat
 mkdir -p "$out"
-install -m 0755 target/release/tugboat "$out/tugboat"
+install -m 0755 "${CARGO_TARGET_DIR:-target}/release/tugboat" "$out/tugboat"
 "$out/tugboat" --version
