@@ -10,8 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use tugboat::artifact::Format;
+use tugboat::policy::{Gate, Mode, Policy};
 use tugboat::progress::Progress;
-use tugboat::pull::{FailureKind, PullPolicy, PullRequest};
+use tugboat::pull::{FailureKind, PullError, PullPolicy, PullRequest};
 use tugboat::reference::Reference;
 use tugboat::registry::{CredentialStore, EndpointPolicy, RegistryClient, RegistryOptions};
 
@@ -23,6 +24,43 @@ pub mod exit {
     pub const NETWORK: u8 = 4;
     pub const INTEGRITY: u8 = 5;
     pub const STORAGE: u8 = 6;
+    pub const SIGNATURE: u8 = 7;
+}
+
+/// `--policy`: the node policy (access and signature rules), shared by pull, warm and node.
+#[derive(Args)]
+pub struct PolicyArgs {
+    /// Node policy YAML: which registries/repositories each namespace and mode may use, hosts
+    /// never contacted, node credentials, size caps, and required signatures.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "TUGBOAT_POLICY",
+        alias = "signature-policy"
+    )]
+    policy: Option<PathBuf>,
+}
+
+impl PolicyArgs {
+    pub fn load(&self) -> Result<Option<std::sync::Arc<Policy>>, Failure> {
+        self.policy
+            .as_deref()
+            .map(Policy::load)
+            .transpose()
+            .map_err(|e| Failure::new(exit::USAGE, e.into()))
+    }
+}
+
+/// The exit code of a failed pull.
+pub fn pull_exit_code(error: &PullError) -> u8 {
+    match error.kind() {
+        FailureKind::Refused => exit::REFUSED,
+        FailureKind::Network => exit::NETWORK,
+        FailureKind::Integrity => exit::INTEGRITY,
+        FailureKind::Storage => exit::STORAGE,
+        FailureKind::Input => exit::USAGE,
+        FailureKind::Signature => exit::SIGNATURE,
+    }
 }
 
 #[derive(Parser)]
@@ -34,7 +72,8 @@ pub mod exit {
 Kubernetes nodes, verified byte for byte.\n\n\
 Typical init container:\n  tugboat pull harbor.example.com/ml-models/tinyllama:v1.0.0-gguf --dest /models\n\n\
 Exit codes: 0 ok, 2 bad usage or reference, 3 refused by the registry (not found, auth), \
-4 network, 5 integrity (digest or size mismatch), 6 local storage (disk full, permissions), 1 other."
+4 network, 5 integrity (digest or size mismatch), 6 local storage (disk full, permissions), \
+7 signature required or invalid (--policy), 1 other. Access-policy refusals exit 3."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -119,6 +158,8 @@ struct PullArgs {
     /// Print a JSON summary on stdout (digest, files, bytes fetched and reused, seconds).
     #[arg(long, env = "TUGBOAT_JSON")]
     json: bool,
+    #[command(flatten)]
+    policy: PolicyArgs,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -245,6 +286,7 @@ impl RegistryArgs {
                 self.streams_per_blob,
                 self.max_requests,
             ),
+            redirect_guard: None,
         })
     }
 
@@ -314,7 +356,22 @@ fn parse_reference(text: &str) -> Result<Reference, Failure> {
 
 async fn pull(args: PullArgs) -> Result<(), Failure> {
     let reference = parse_reference(&args.reference)?;
-    let client = args.registry.client()?;
+    let policy = args.policy.load()?;
+    let gate = match &policy {
+        Some(policy) => policy
+            .admit(&reference, None, Mode::Pull, None)
+            .map_err(|e| {
+                let e = PullError::from(e);
+                Failure::new(pull_exit_code(&e), e.into())
+            })?,
+        None => Gate::open(),
+    };
+    let mut options = args.registry.options()?;
+    if !gate.node_credentials() {
+        options.credentials = Default::default();
+    }
+    options.redirect_guard = policy.as_ref().and_then(|p| p.redirect_guard());
+    let client = RegistryClient::new(options).map_err(|e| Failure::new(exit::USAGE, e.into()))?;
     let request = PullRequest {
         reference,
         dest: args.dest,
@@ -326,18 +383,9 @@ async fn pull(args: PullArgs) -> Result<(), Failure> {
         layout: args.limits.layout(&args.select)?,
     };
     let progress = Progress::for_terminal(args.json);
-    let report = tugboat::pull::pull(&request, &client, &progress)
+    let report = tugboat::pull::pull_gated(&request, &client, &progress, &gate)
         .await
-        .map_err(|e| {
-            let code = match e.kind() {
-                FailureKind::Refused => exit::REFUSED,
-                FailureKind::Network => exit::NETWORK,
-                FailureKind::Integrity => exit::INTEGRITY,
-                FailureKind::Storage => exit::STORAGE,
-                FailureKind::Input => exit::USAGE,
-            };
-            Failure::new(code, e.into())
-        })?;
+        .map_err(|e| Failure::new(pull_exit_code(&e), e.into()))?;
     if let (Some(max_size), Some(snapshot)) = (args.cache_max_size, &report.snapshot) {
         collect_after_pull(snapshot, max_size)?;
     }

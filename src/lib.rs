@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod materialize;
 pub mod metrics;
 pub mod node;
+pub mod policy;
 pub mod progress;
 pub mod pull;
 pub mod push;

@@ -72,6 +72,16 @@ impl Default for Metrics {
             registry: Registry::default(),
         };
         registry.register(
+            "policy_refusals",
+            "Requests the node access policy refused, by reason",
+            crate::policy::metrics::REFUSALS.clone(),
+        );
+        registry.register(
+            "signature_verdicts",
+            "Signature policy verdicts: verified, refused, warned",
+            crate::policy::metrics::SIGNATURES.clone(),
+        );
+        registry.register(
             "registry_bytes",
             "Bytes downloaded from registries",
             metrics.registry_bytes.clone(),

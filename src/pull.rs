@@ -7,6 +7,7 @@ use crate::cache::{
 };
 use crate::digest::Digest;
 use crate::materialize::{self, MaterializeError, Stamp};
+use crate::policy::{self, Gate, PolicyError};
 use crate::progress::Progress;
 use crate::reference::Reference;
 use crate::registry::{FetchedManifest, RegistryClient, RegistryError};
@@ -134,6 +135,8 @@ pub enum PullError {
     },
     #[error("{reference} is private in the node cache and --pull-policy Never forbids asking the registry whether these credentials may read it")]
     PrivateOffline { reference: String },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
 }
 
 /// How a failure is reported to scripts (exit codes).
@@ -149,6 +152,8 @@ pub enum FailureKind {
     Storage,
     /// The request itself is wrong (bad input, unsupported artifact).
     Input,
+    /// The signature policy requires a signature that is missing or does not verify.
+    Signature,
 }
 
 impl PullError {
@@ -175,6 +180,15 @@ impl PullError {
             PullError::PrivateDenied { .. } | PullError::PrivateOffline { .. } => {
                 FailureKind::Refused
             }
+            PullError::Policy(PolicyError::Denied { .. }) => FailureKind::Refused,
+            PullError::Policy(PolicyError::Signature { .. }) => FailureKind::Signature,
+            PullError::Policy(PolicyError::SignatureFetch { source, .. })
+                if source.is_refusal() =>
+            {
+                FailureKind::Refused
+            }
+            PullError::Policy(PolicyError::SignatureFetch { .. }) => FailureKind::Network,
+            PullError::Policy(PolicyError::Load { .. }) => FailureKind::Input,
         }
     }
 }
@@ -185,10 +199,27 @@ pub async fn pull(
     registry: &RegistryClient,
     progress: &Progress,
 ) -> Result<PullReport, PullError> {
+    pull_gated(request, registry, progress, &Gate::open()).await
+}
+
+/// [`pull`] under a node policy's judgement of this request: the registry host is checked
+/// before any connection, the announced size after the manifest and before any blob, and
+/// signatures before anything is handed out.
+pub async fn pull_gated(
+    request: &PullRequest,
+    registry: &RegistryClient,
+    progress: &Progress,
+    gate: &Gate,
+) -> Result<PullReport, PullError> {
     let started = Instant::now();
     let reference = &request.reference;
     if let Some(report) = stamp_hit(request, started) {
-        return Ok(report);
+        let snapshot = report.snapshot_id.clone();
+        if !gate.checks_signatures()
+            || verdicts_dir(request).is_some_and(|dir| gate.remembered(&dir, &snapshot))
+        {
+            return Ok(report.report);
+        }
     }
     let (cache, ephemeral) = match (&request.cache, &request.dest) {
         (Some(root), _) => (Cache::open(root)?, false),
@@ -205,8 +236,10 @@ pub async fn pull(
         fetched_manifest: AtomicBool::new(false),
     };
 
+    gate.before_contact(reference).await?;
     let top_digest = resolve_digest(&cache, &source, request.policy).await?;
     let (manifest_digest, manifest) = load_manifest(&cache, &source, &top_digest).await?;
+    gate.check_manifest(reference, &manifest)?;
     if !ephemeral {
         note_registry_access(&cache, &source, &manifest_digest).await?;
     }
@@ -241,6 +274,30 @@ pub async fn pull(
 
     if !ephemeral {
         ensure_cached_access(&cache, &source, &manifest_digest).await?;
+    }
+    if gate.checks_signatures() {
+        let verdicts = verdicts_dir(request).unwrap_or_else(|| cache.root().join("verdicts"));
+        let mut digests = vec![top_digest.clone()];
+        if manifest_digest != top_digest {
+            digests.push(manifest_digest.clone());
+        }
+        let model = policy::signatures::Model {
+            registry,
+            reference,
+            digests,
+            snapshot: &snapshot_id,
+            whole: snapshot_id == manifest_digest,
+            dir: &snapshot_dir,
+            files: &info.files,
+            verdicts: &verdicts,
+            offline: source.offline,
+        };
+        if let Err(e) = gate.before_handout(model).await {
+            if ephemeral {
+                crate::cache::remove_tree(cache.root())?;
+            }
+            return Err(e.into());
+        }
     }
     if !ephemeral {
         cache.touch_snapshot(&snapshot_id);
@@ -279,8 +336,24 @@ pub async fn pull(
     })
 }
 
+/// Where signature verdicts are remembered: beside the shared cache, else in the
+/// destination's work directory.
+fn verdicts_dir(request: &PullRequest) -> Option<PathBuf> {
+    match (&request.cache, &request.dest) {
+        (Some(cache), _) => Some(cache.join("verdicts")),
+        (None, Some(dest)) => Some(materialize::stamp::work_dir(dest).join("verdicts")),
+        (None, None) => None,
+    }
+}
+
+/// A destination that already holds the model: the report and the snapshot id it was built from.
+struct StampHit {
+    report: PullReport,
+    snapshot_id: Digest,
+}
+
 /// The destination already holds this model (a restored PVC, a re-run init container).
-fn stamp_hit(request: &PullRequest, started: Instant) -> Option<PullReport> {
+fn stamp_hit(request: &PullRequest, started: Instant) -> Option<StampHit> {
     let dest = request.dest.as_ref()?;
     let reference = &request.reference;
     let stamp = Stamp::read(dest)?;
@@ -299,7 +372,11 @@ fn stamp_hit(request: &PullRequest, started: Instant) -> Option<PullReport> {
     }
     tracing::info!(dest = %dest.display(), digest = %stamp.digest, "destination already holds the model");
     let size = stamp.files.iter().map(|f| f.size).sum();
-    Some(PullReport {
+    let snapshot_id = stamp
+        .snapshot
+        .clone()
+        .unwrap_or_else(|| stamp.digest.clone());
+    let report = PullReport {
         reference: reference.to_string(),
         digest: stamp.digest,
         format: stamp.format,
@@ -310,6 +387,10 @@ fn stamp_hit(request: &PullRequest, started: Instant) -> Option<PullReport> {
         bytes_reused: size,
         seconds: started.elapsed().as_secs_f64(),
         cache_hit: true,
+    };
+    Some(StampHit {
+        report,
+        snapshot_id,
     })
 }
 

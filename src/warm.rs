@@ -2,8 +2,9 @@
 //! warming pass over it. `tugboat warm FILE` runs one pass; the node daemon repeats it on an
 //! interval and whenever the file changes.
 
+use crate::policy::{Gate, Mode, Policy};
 use crate::progress::Progress;
-use crate::pull::{pull, PullPolicy, PullRequest};
+use crate::pull::{pull_gated, PullError, PullPolicy, PullReport, PullRequest};
 use crate::reference::Reference;
 use crate::registry::RegistryClient;
 use std::collections::BTreeMap;
@@ -132,6 +133,7 @@ pub async fn warm_once(
     cache: &Path,
     registry: &RegistryClient,
     concurrency: usize,
+    policy: Option<&std::sync::Arc<crate::policy::Policy>>,
 ) -> Vec<WarmStatus> {
     let mut statuses = Vec::new();
     for entry in &list.models {
@@ -160,7 +162,7 @@ pub async fn warm_once(
             layout: Default::default(),
         };
         let started = std::time::Instant::now();
-        let result = pull(&request, registry, &Progress::hidden()).await;
+        let result = warm_one(&request, registry, policy).await;
         status.seconds = started.elapsed().as_secs_f64();
         match result {
             Ok(report) => {
@@ -179,6 +181,26 @@ pub async fn warm_once(
         statuses.push(status);
     }
     statuses
+}
+
+/// One entry, under the node policy when there is one (mode `warm`, no namespace).
+async fn warm_one(
+    request: &PullRequest,
+    registry: &RegistryClient,
+    policy: Option<&std::sync::Arc<Policy>>,
+) -> Result<PullReport, PullError> {
+    let gate = match policy {
+        Some(policy) => policy.admit(&request.reference, None, Mode::Warm, None)?,
+        None => Gate::open(),
+    };
+    let anonymous;
+    let client = if gate.node_credentials() {
+        registry
+    } else {
+        anonymous = registry.anonymous()?;
+        &anonymous
+    };
+    pull_gated(request, client, &Progress::hidden(), &gate).await
 }
 
 /// Parses `k=v,k2=v2` (the `--node-labels` flag).

@@ -614,6 +614,7 @@ fn sidecar_flag<'a>(container: &'a Value, flag: &str) -> Option<&'a str> {
 fn paths_ports_and_sockets_fit_the_pods_around_tugboat() {
     let docs = docs();
     let mut warm_lists = 0;
+    let mut policies = 0;
     for pod in pod_specs(&docs) {
         let spec = pod.spec;
         let ports = container_ports(spec);
@@ -663,6 +664,7 @@ fn paths_ports_and_sockets_fit_the_pods_around_tugboat() {
                 ("--dest", "TUGBOAT_DEST"),
                 ("--cache", "TUGBOAT_CACHE"),
                 ("--warm-config", "TUGBOAT_WARM_CONFIG"),
+                ("--policy", "TUGBOAT_POLICY"),
                 ("--docker-config", "TUGBOAT_DOCKER_CONFIG"),
                 ("--ca-file", "TUGBOAT_CA_FILE"),
             ];
@@ -687,6 +689,15 @@ fn paths_ports_and_sockets_fit_the_pods_around_tugboat() {
                             .unwrap_or_else(|e| panic!("{at}: the warm list: {e}"));
                         assert!(!list.models.is_empty(), "{at}: the warm list is empty");
                         warm_lists += 1;
+                    }
+                    "--policy" => {
+                        let yaml = projected_file(&docs, at, mount, volume, &path);
+                        let dir = tempfile::tempdir().unwrap();
+                        let file = dir.path().join("policy.yaml");
+                        std::fs::write(&file, yaml).unwrap();
+                        tugboat::policy::Policy::load(&file)
+                            .unwrap_or_else(|e| panic!("{at}: the node policy: {e}"));
+                        policies += 1;
                     }
                     "--docker-config" => {
                         let json = projected_file(&docs, at, mount, volume, &path);
@@ -724,6 +735,10 @@ fn paths_ports_and_sockets_fit_the_pods_around_tugboat() {
     assert_eq!(
         warm_lists, 1,
         "the DaemonSet should load the warm list ConfigMap"
+    );
+    assert_eq!(
+        policies, 1,
+        "the DaemonSet should load the node policy ConfigMap"
     );
 }
 

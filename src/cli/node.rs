@@ -1,7 +1,7 @@
 //! The `node` subcommand: the CSI node plugin daemon kubelet talks to over a Unix socket.
 
 use super::cache::parse_percent;
-use super::{exit, Failure, RegistryArgs};
+use super::{exit, Failure, PolicyArgs, RegistryArgs};
 use clap::Args;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -61,6 +61,8 @@ pub struct NodeArgs {
     #[arg(long, value_name = "DIR", env = "TUGBOAT_KUBELET_ROOT")]
     kubelet_root: Option<PathBuf>,
     #[command(flatten)]
+    policy: PolicyArgs,
+    #[command(flatten)]
     registry: RegistryArgs,
 }
 
@@ -93,6 +95,7 @@ pub async fn run(args: NodeArgs) -> Result<(), Failure> {
             ..GcPolicy::default()
         },
         gc_interval: Duration::from_secs(args.gc_interval.max(1)),
+        policy: args.policy.load()?,
     };
     tugboat::node::run(config).await.map_err(|e| {
         let code = match e {

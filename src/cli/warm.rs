@@ -1,6 +1,6 @@
 //! The `warm` subcommand: one pass over a warm list (for a Job or a CronJob).
 
-use super::{exit, Failure, RegistryArgs};
+use super::{exit, Failure, PolicyArgs, RegistryArgs};
 use clap::Args;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,18 +23,25 @@ pub struct WarmArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
+    policy: PolicyArgs,
+    #[command(flatten)]
     registry: RegistryArgs,
 }
 
 pub async fn run(args: WarmArgs) -> Result<(), Failure> {
     let list = WarmList::load(&args.file).map_err(|e| Failure::new(exit::USAGE, e.into()))?;
-    let client = args.registry.client()?;
+    let policy = args.policy.load()?;
+    let mut options = args.registry.options()?;
+    options.redirect_guard = policy.as_ref().and_then(|p| p.redirect_guard());
+    let client = tugboat::registry::RegistryClient::new(options)
+        .map_err(|e| Failure::new(exit::USAGE, e.into()))?;
     let statuses = warm_once(
         &list,
         &args.node_labels,
         &args.cache,
         &client,
         args.concurrency,
+        policy.as_ref(),
     )
     .await;
     if args.json {

@@ -3,6 +3,7 @@
 //! UNAVAILABLE (kubelet retries), local trouble is INTERNAL or RESOURCE_EXHAUSTED. Messages come
 //! from the error types, which never carry credentials.
 
+use crate::policy::PolicyError;
 use crate::pull::PullError;
 use crate::registry::RegistryError;
 use tonic::Status;
@@ -17,6 +18,11 @@ pub fn from_pull(error: &PullError) -> Status {
         PullError::NotCached { .. } => Status::not_found(message),
         PullError::NoSpace { .. } => Status::resource_exhausted(message),
         PullError::Artifact { .. } => Status::invalid_argument(message),
+        PullError::Policy(PolicyError::Denied { .. }) => Status::permission_denied(message),
+        PullError::Policy(PolicyError::Signature { .. }) => Status::failed_precondition(message),
+        PullError::Policy(PolicyError::SignatureFetch { source, .. }) => {
+            from_registry(source, message)
+        }
         _ => Status::internal(message),
     }
 }

@@ -23,6 +23,8 @@ pub const SUB_PATH: &str = "subPath";
 pub const EPHEMERAL: &str = "csi.storage.k8s.io/ephemeral";
 pub const POD_NAMESPACE: &str = "csi.storage.k8s.io/pod.namespace";
 pub const POD_NAME: &str = "csi.storage.k8s.io/pod.name";
+/// A signature rule of the node policy the volume asks for in addition (never instead).
+pub const SIGNATURE_POLICY: &str = "signaturePolicy";
 
 /// `--kubelet-root`: when set, publish targets must lie below it (checked after resolving
 /// symlinks), so volume requests cannot make the daemon mount over arbitrary host paths.
@@ -81,6 +83,12 @@ pub struct Publish {
     pub pod: String,
     /// Never printed; turned into registry credentials by `secrets.rs`.
     pub secrets: HashMap<String, String>,
+    /// The pod's namespace, as kubelet sends it (for the node policy).
+    pub namespace: Option<String>,
+    /// An inline ephemeral volume (else a persistent volume).
+    pub ephemeral: bool,
+    /// `volumeAttributes.signaturePolicy`.
+    pub signature_policy: Option<String>,
 }
 
 impl Publish {
@@ -143,6 +151,15 @@ pub fn publish(request: &NodePublishVolumeRequest) -> Result<Publish, Status> {
         readonly: request.readonly,
         pod,
         secrets: request.secrets.clone(),
+        namespace: context
+            .get(POD_NAMESPACE)
+            .filter(|n| !n.is_empty())
+            .cloned(),
+        ephemeral: context.get(EPHEMERAL).is_some_and(|v| v == "true"),
+        signature_policy: context
+            .get(SIGNATURE_POLICY)
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty()),
     })
 }
 

@@ -10,8 +10,9 @@ use super::{mount, secrets, status};
 use crate::cache::{Cache, Lease};
 use crate::digest::Digest;
 use crate::metrics::Metrics;
+use crate::policy::{Gate, Mode as RequestMode, Policy};
 use crate::progress::Progress;
-use crate::pull::{self, PullReport, PullRequest};
+use crate::pull::{self, PullError, PullReport, PullRequest};
 use crate::registry::{RegistryClient, RegistryOptions};
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::DirBuilderExt as _;
@@ -39,6 +40,7 @@ pub struct Volumes {
     flights: Flights<FlightKey, PullOutcome>,
     busy: Arc<Mutex<HashSet<String>>>,
     metrics: Arc<Metrics>,
+    policy: Option<Arc<Policy>>,
 }
 
 /// Usage figures of one published volume.
@@ -55,7 +57,14 @@ impl Volumes {
             flights: Flights::default(),
             busy: Arc::default(),
             metrics: Arc::default(),
+            policy: None,
         }
+    }
+
+    /// Judges every publish by this node policy.
+    pub fn with_policy(mut self, policy: Option<Arc<Policy>>) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// Records pulls in these metrics (the daemon's); a private set otherwise.
@@ -184,7 +193,27 @@ impl Volumes {
     /// reference with the same secret. A caller that gives up (kubelet's deadline) leaves the
     /// pull running; the retried call joins it.
     async fn ensure_model(&self, request: &Publish) -> Result<Arc<PullReport>, Status> {
+        let mode = if request.ephemeral {
+            RequestMode::Inline
+        } else {
+            RequestMode::Pv
+        };
+        let gate = match &self.policy {
+            Some(policy) => policy
+                .admit(
+                    &request.reference,
+                    request.namespace.as_deref(),
+                    mode,
+                    request.signature_policy.as_deref(),
+                )
+                .map_err(|e| status::from_pull(&PullError::from(e)))?,
+            None => Gate::open(),
+        };
         let mut options = self.registry.clone();
+        if !gate.node_credentials() {
+            options.credentials = Default::default();
+        }
+        options.redirect_guard = self.policy.as_ref().and_then(|p| p.redirect_guard());
         secrets::apply(
             &request.secrets,
             &request.reference,
@@ -192,9 +221,10 @@ impl Volumes {
         )?;
         let key = (
             request.reference.to_string(),
-            format!("{:?}", request.policy),
+            format!("{:?}|{}", request.policy, gate.key()),
             secrets::fingerprint(&request.secrets),
         );
+        let slot_key = key.0.clone();
         let pull_request = PullRequest {
             reference: request.reference.clone(),
             dest: None,
@@ -209,9 +239,12 @@ impl Volumes {
         let work = move || async move {
             let client = RegistryClient::new(options)
                 .map_err(|e| Status::failed_precondition(format!("registry options: {e}")))?;
+            let _slot = gate
+                .pull_slot(&pull_request.reference, &slot_key)
+                .map_err(|e| status::from_pull(&PullError::from(e)))?;
             let started = std::time::Instant::now();
             metrics.pulls_in_flight.inc();
-            let result = pull::pull(&pull_request, &client, &Progress::hidden()).await;
+            let result = pull::pull_gated(&pull_request, &client, &Progress::hidden(), &gate).await;
             metrics.pulls_in_flight.dec();
             metrics.record_pull("csi", &result, started.elapsed().as_secs_f64());
             result.map(Arc::new).map_err(|e| status::from_pull(&e))

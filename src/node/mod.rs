@@ -46,6 +46,8 @@ pub struct NodeConfig {
     /// Size limit and watermarks for the GC loop.
     pub gc: GcPolicy,
     pub gc_interval: Duration,
+    /// The node policy (`--policy`): access and signature rules.
+    pub policy: Option<Arc<crate::policy::Policy>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +105,9 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         )));
     }
     let volumes = Arc::new(
-        Volumes::new(cache.clone(), config.registry.clone()).with_metrics(metrics.clone()),
+        Volumes::new(cache.clone(), config.registry.clone())
+            .with_metrics(metrics.clone())
+            .with_policy(config.policy.clone()),
     );
     let listener = socket::bind(&path, config.socket_mode)?;
 
@@ -118,12 +122,15 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
 
     let warm = warm_loop::WarmShared::default();
     if let Some(file) = &config.warm_config {
+        let mut warm_options = config.registry.clone();
+        warm_options.redirect_guard = config.policy.as_ref().and_then(|p| p.redirect_guard());
         let warm_loop = warm_loop::WarmLoop {
             file: file.clone(),
             node_labels: config.node_labels.clone(),
             cache: config.cache.clone(),
-            registry: Arc::new(RegistryClient::new(config.registry.clone())?),
+            registry: Arc::new(RegistryClient::new(warm_options)?),
             concurrency: 4,
+            policy: config.policy.clone(),
             metrics: metrics.clone(),
             shared: warm.clone(),
         };

@@ -29,6 +29,7 @@ pub struct WarmLoop {
     pub cache: PathBuf,
     pub registry: Arc<RegistryClient>,
     pub concurrency: usize,
+    pub policy: Option<Arc<crate::policy::Policy>>,
     pub metrics: Arc<Metrics>,
     pub shared: WarmShared,
 }
@@ -70,6 +71,7 @@ impl WarmLoop {
             &self.cache,
             &self.registry,
             self.concurrency,
+            self.policy.as_ref(),
         )
         .await;
         for status in &statuses {

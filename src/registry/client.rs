@@ -35,6 +35,21 @@ pub struct RegistryOptions {
     pub max_attempts: u32,
     /// Chunking, streams per blob and the global cap on concurrent blob requests.
     pub transfer: super::TransferOptions,
+    /// Judges every redirect target before it is followed (the node policy's host rules).
+    pub redirect_guard: Option<RedirectGuard>,
+}
+
+/// Judges one redirect target: `Err(why)` stops the request.
+pub type RedirectCheck = dyn Fn(&url::Url) -> Result<(), String> + Send + Sync;
+
+/// A check on redirect targets, shared by the client's connections.
+#[derive(Clone)]
+pub struct RedirectGuard(pub std::sync::Arc<RedirectCheck>);
+
+impl std::fmt::Debug for RedirectGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedirectGuard")
+    }
 }
 
 /// Raw manifest bytes as served.
@@ -92,6 +107,7 @@ impl RegistryClient {
                 data: pem,
             });
         }
+        let guard = options.redirect_guard.clone();
         let build = |accept_invalid: bool| {
             let mut builder = reqwest::Client::builder()
                 .user_agent(concat!("tugboat/", env!("CARGO_PKG_VERSION")))
@@ -105,6 +121,20 @@ impl RegistryClient {
                 .tls_danger_accept_invalid_certs(accept_invalid);
             for cert in &roots {
                 builder = builder.add_root_certificate(cert.clone());
+            }
+            if let Some(RedirectGuard(check)) = guard.clone() {
+                builder = builder.redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                    if attempt.previous().len() >= 10 {
+                        return attempt.error("too many redirects");
+                    }
+                    match check(attempt.url()) {
+                        Ok(()) => attempt.follow(),
+                        Err(why) => {
+                            let refusal = format!("redirect to {} refused: {why}", attempt.url());
+                            attempt.error(refusal)
+                        }
+                    }
+                }));
             }
             builder
                 .build()
@@ -316,6 +346,40 @@ impl RegistryClient {
                 stream: Box::pin(stream),
             }
         })
+    }
+
+    /// The OCI 1.1 referrers index of `digest`; `None` where the registry has no referrers API.
+    pub async fn referrers(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+    ) -> Result<Option<Bytes>, RegistryError> {
+        const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+        let endpoint = self.origin(reference);
+        let url = endpoint.url(&format!(
+            "/v2/{}/referrers/{digest}",
+            reference.repository()
+        ));
+        let what = format!("referrers of {digest}");
+        let sent = self
+            .send(&endpoint, reference.repository(), false, &what, |c| {
+                c.get(&url).header(ACCEPT, INDEX)
+            })
+            .await;
+        match sent {
+            Ok(response) => {
+                let is_index = header_str(response.headers(), CONTENT_TYPE.as_str())
+                    .is_some_and(|t| t.starts_with(INDEX));
+                if !is_index {
+                    return Ok(None);
+                }
+                read_limited(response, MAX_MANIFEST_BYTES, &endpoint, &what)
+                    .await
+                    .map(Some)
+            }
+            Err(RegistryError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Whether the repository already holds a blob (skips re-uploading it).

@@ -10,7 +10,8 @@ mod retry;
 mod transfer;
 
 pub use client::{
-    BlobBody, FetchedManifest, RegistryClient, RegistryOptions, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES,
+    BlobBody, FetchedManifest, RedirectGuard, RegistryClient, RegistryOptions, MANIFEST_ACCEPT,
+    MAX_MANIFEST_BYTES,
 };
 pub use credentials::{CredentialStore, Credentials};
 pub use endpoint::EndpointPolicy;
