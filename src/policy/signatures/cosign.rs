@@ -130,7 +130,7 @@ pub fn judge(found: &[Found], digest: &Digest, keys: &[Key]) -> Result<String, S
     if found.is_empty() {
         return Err(format!(
             "no cosign signature for {digest} (neither the referrers API nor the sha256-{}.sig tag has one)",
-            &digest.hex()[..12]
+            digest.hex()
         ));
     }
     let mut reasons = Vec::new();
