@@ -551,3 +551,117 @@ fn the_warm_list_warms_only_what_the_policy_allows() {
         "nothing was fetched for a refused reference"
     );
 }
+
+/// Not a test: `bench/policy.sh` runs it (`--ignored --nocapture`) and reads the figures it
+/// prints. Extra wall time of a warm pull and a warm publish under a policy with access rules,
+/// cosign and model-signing requirements, against the same without `--policy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "benchmark: run by bench/policy.sh"]
+async fn bench_warm_pull_and_publish_overhead() {
+    use csi_client::*;
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(20);
+    let size_mib: usize = std::env::var("SIZE_MIB")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(64);
+    let reg = Registry::start();
+    let ws = Workspace::new();
+    let root = ws.dir.path();
+    let (private, public) = key_pair(root, "bench");
+    let dir = root.join("model");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("model.bin"), random_bytes(size_mib << 20, 9)).unwrap();
+    fs::write(dir.join("config.json"), b"{}").unwrap();
+    model_sign(&dir, &private);
+    let out = push(&dir, &reg.reference("bench/model:v1"), &["--json"]);
+    out.assert_ok("push");
+    let digest = out.json()["digest"].as_str().unwrap().to_string();
+    cosign_attach(
+        &reg.host(),
+        "bench/model",
+        &sig_tag(&digest),
+        &digest,
+        &private,
+        false,
+    );
+    let reference = reg.reference(&format!("bench/model@{digest}"));
+    let host = reg.host();
+    let policy = write_policy(
+        root,
+        &format!(
+            "access:\n  default: deny\n  rules:\n    - name: bench\n      references: ['{host}/bench/*']\n      maxModelSize: 10GiB\n      maxConcurrentPulls: 4\nsignatures:\n  rules:\n    - name: signed\n      references: ['{host}/bench/*']\n      cosign: {{keys: ['{pk}']}}\n      modelSigning: {{keys: ['{pk}']}}\n",
+            pk = public.display()
+        ),
+    );
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    // Warm pull: cache hit into a fresh --dest each round.
+    let cache = root.join("cache");
+    let mut pulls = Vec::new();
+    for with_policy in [false, true] {
+        let extra: Vec<&str> = if with_policy {
+            vec!["--policy", &policy]
+        } else {
+            vec![]
+        };
+        pull(&reference, &root.join("warmup"), Some(&cache), &extra).assert_ok("warm-up");
+        let mut times = Vec::new();
+        for i in 0..rounds {
+            let dest = root.join(format!("dest-{with_policy}-{i}"));
+            let started = std::time::Instant::now();
+            pull(&reference, &dest, Some(&cache), &extra).assert_ok("warm pull");
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+            fs::remove_dir_all(&dest).unwrap();
+        }
+        pulls.push(median(times));
+    }
+    println!(
+        "warm pull ({size_mib} MiB, {rounds} rounds, median): without policy {:.1} ms, with policy {:.1} ms, extra {:.1} ms",
+        pulls[0],
+        pulls[1],
+        pulls[1] - pulls[0]
+    );
+    if !can_mount() {
+        return;
+    }
+    let mut publishes = Vec::new();
+    for with_policy in [false, true] {
+        let ws = Workspace::new();
+        let extra: Vec<&str> = if with_policy {
+            vec!["--policy", &policy]
+        } else {
+            vec![]
+        };
+        let daemon = Daemon::start(&ws, &extra);
+        let (_, mut node) = daemon.clients().await;
+        let warm = ws.target("warm");
+        node.node_publish_volume(publish_request("warm", &warm, &reference))
+            .await
+            .unwrap();
+        let mut times = Vec::new();
+        for i in 0..rounds {
+            let volume = format!("v{i}");
+            let target = ws.target(&volume);
+            let started = std::time::Instant::now();
+            node.node_publish_volume(publish_request(&volume, &target, &reference))
+                .await
+                .unwrap();
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+            node.node_unpublish_volume(unpublish_request(&volume, &target))
+                .await
+                .unwrap();
+        }
+        publishes.push(median(times));
+    }
+    println!(
+        "warm publish ({size_mib} MiB, {rounds} rounds, median): without policy {:.1} ms, with policy {:.1} ms, extra {:.1} ms",
+        publishes[0],
+        publishes[1],
+        publishes[1] - publishes[0]
+    );
+}
