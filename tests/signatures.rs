@@ -98,6 +98,23 @@ fn write_policy(dir: &Path, yaml: &str) -> String {
     path.display().to_string()
 }
 
+/// `tugboat inspect --json --policy P`'s `signatures`.
+fn inspect_signatures(reference: &str, policy: &str) -> Vec<serde_json::Value> {
+    let out = run(
+        tugboat().args([
+            "inspect",
+            reference,
+            "--json",
+            "--plain-http",
+            "--policy",
+            policy,
+        ]),
+        Duration::from_secs(60),
+    );
+    out.assert_ok("inspect");
+    out.json()["signatures"].as_array().unwrap().clone()
+}
+
 fn assert_nothing_in(dest: &Path) {
     assert!(
         list_dir(dest).is_empty() || !dest.exists(),
@@ -137,6 +154,10 @@ fn model_signing_signatures_are_checked_against_the_materialised_files() {
         list_dir(&dest),
         vec!["config.json", "model.bin", "model.sig"]
     );
+    let listed = inspect_signatures(&reg.reference("ms/good:v1"), &policy);
+    assert_eq!(listed[0]["kind"], "model-signing", "{listed:?}");
+    assert_eq!(listed[0]["signs"], "2 file(s)");
+    assert_eq!(listed[0]["signer"], public.display().to_string());
 
     let (changed, files) = model_dir(root, "changed");
     model_sign(&changed, &private);
@@ -275,6 +296,12 @@ fn cosign_signatures_bind_the_exact_digest_to_a_configured_key() {
     )
     .assert_ok("cosign-signed model");
     assert!(dest.join("model.bin").is_file());
+    let listed = inspect_signatures(&reg.reference("cs/good:v1"), &policy);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["kind"], "cosign");
+    assert_eq!(listed[0]["found"], "tag");
+    assert_eq!(listed[0]["signs"], good.as_str());
+    assert_eq!(listed[0]["signer"], public.display().to_string());
 
     push_model(&reg, root, "cs/unsigned:v1");
     let wrong = push_model(&reg, root, "cs/wrong-digest:v1");

@@ -93,6 +93,8 @@ pub struct InspectArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
+    policy: super::PolicyArgs,
+    #[command(flatten)]
     registry: RegistryArgs,
 }
 
@@ -111,11 +113,29 @@ pub async fn inspect(args: InspectArgs) -> Result<(), Failure> {
             };
             Failure::new(code, e.into())
         })?;
+    let keys = args
+        .policy
+        .load()?
+        .map(|policy| policy.keys())
+        .unwrap_or_default();
+    let signatures = match tugboat::policy::signatures::listing::list(
+        &client,
+        &reference,
+        &report.digest,
+        &keys,
+    )
+    .await
+    {
+        Ok(listed) => listed,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the signatures");
+            Vec::new()
+        }
+    };
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).context("serialising the report")?
-        );
+        let mut value = serde_json::to_value(&report).context("serialising the report")?;
+        value["signatures"] = serde_json::to_value(&signatures).context("serialising")?;
+        println!("{value}");
         return Ok(());
     }
     let d = &report.description;
@@ -146,5 +166,20 @@ pub async fn inspect(args: InspectArgs) -> Result<(), Failure> {
         d.skip_layers,
         super::human_bytes(d.skip_bytes)
     );
+    println!(
+        "  signatures:{}",
+        if signatures.is_empty() { " none" } else { "" }
+    );
+    for s in &signatures {
+        println!(
+            "    {:<13} {:<10} signs {}  signer: {}",
+            s.kind,
+            s.found,
+            s.signs,
+            s.signer
+                .as_deref()
+                .unwrap_or("(no key of --policy verifies it)")
+        );
+    }
     Ok(())
 }

@@ -139,6 +139,11 @@ impl Policy {
         }))
     }
 
+    /// Every public key the signature rules name.
+    pub fn keys(&self) -> Vec<signatures::keys::Key> {
+        self.signatures.keys()
+    }
+
     pub fn source(&self) -> &Path {
         &self.source
     }

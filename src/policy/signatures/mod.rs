@@ -4,7 +4,8 @@
 //! memory and on disk beside the cache, so warm pulls and mounts do not verify again.
 
 pub mod cosign;
-mod keys;
+pub mod keys;
+pub mod listing;
 pub mod model_signing;
 
 use super::access::pattern_matches;
@@ -160,6 +161,18 @@ impl Checker {
             }
         }
         Ok(out)
+    }
+
+    /// Every key the rules name (for listing signers).
+    pub fn keys(&self) -> Vec<Key> {
+        let mut keys = Vec::new();
+        for rule in self.rules.iter().chain(&self.default) {
+            keys.extend(rule.cosign.iter().cloned());
+            if let Some((more, _)) = &rule.model_signing {
+                keys.extend(more.iter().cloned());
+            }
+        }
+        keys
     }
 
     pub fn remembered(

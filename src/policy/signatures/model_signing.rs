@@ -9,9 +9,9 @@ use base64::Engine as _;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// Largest signature file read.
+pub const MAX_BUNDLE: u64 = 16 * 1024 * 1024;
 pub const PREDICATE_TYPE: &str = "https://model_signing/signature/v1.0";
-const MAX_BUNDLE: u64 = 16 * 1024 * 1024;
-
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Bundle {
@@ -51,6 +51,85 @@ pub struct Signed {
     pub files: BTreeMap<String, String>,
 }
 
+/// A parsed (not yet verified) model-signing bundle.
+pub struct Opened {
+    payload_type: String,
+    payload: Vec<u8>,
+    signatures: Vec<Vec<u8>>,
+}
+
+impl Opened {
+    /// Parses sigstore bundle bytes down to the DSSE envelope.
+    pub fn parse(bytes: &[u8]) -> Result<Opened, String> {
+        let bundle: Bundle = serde_json::from_slice(bytes)
+            .map_err(|e| format!("the signature file is not a sigstore bundle ({e})"))?;
+        if !bundle
+            .media_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with("application/vnd.dev.sigstore.bundle"))
+        {
+            return Err("the signature file is not a sigstore bundle (mediaType)".into());
+        }
+        let envelope = bundle.dsse_envelope.ok_or(
+            "the bundle has no DSSE envelope (only model-signing's DSSE bundles are supported)",
+        )?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let payload = b64
+            .decode(envelope.payload.trim())
+            .map_err(|_| "the envelope's payload is not base64".to_string())?;
+        Ok(Opened {
+            payload_type: envelope.payload_type,
+            payload,
+            signatures: envelope
+                .signatures
+                .iter()
+                .filter_map(|s| b64.decode(s.sig.trim()).ok())
+                .collect(),
+        })
+    }
+
+    /// The configured key that signed the envelope, if any.
+    pub fn signer<'k>(&self, keys: &'k [Key]) -> Option<&'k Key> {
+        let message = pae(&self.payload_type, &self.payload);
+        self.signatures
+            .iter()
+            .find_map(|sig| keys::signer(keys, &message, sig))
+    }
+
+    /// The signed files (name -> sha256 hex) the in-toto statement lists.
+    pub fn files(&self) -> Result<BTreeMap<String, String>, String> {
+        let statement: serde_json::Value = serde_json::from_slice(&self.payload)
+            .map_err(|e| format!("the signed statement is not JSON ({e})"))?;
+        if statement.get("predicateType").and_then(|v| v.as_str()) != Some(PREDICATE_TYPE) {
+            return Err(format!(
+                "the signed statement's predicateType is not {PREDICATE_TYPE}"
+            ));
+        }
+        let predicate = &statement["predicate"];
+        let method = predicate
+            .pointer("/serialization/method")
+            .and_then(|v| v.as_str());
+        if method != Some("files") {
+            return Err(format!(
+                "serialization method {method:?} is not supported (sign with the default `files` method and sha256)"
+            ));
+        }
+        let mut files = BTreeMap::new();
+        for resource in predicate["resources"].as_array().into_iter().flatten() {
+            let name = resource["name"].as_str().unwrap_or_default();
+            let algorithm = resource["algorithm"].as_str().unwrap_or_default();
+            let digest = resource["digest"].as_str().unwrap_or_default();
+            if algorithm != "sha256" {
+                return Err(format!(
+                    "file {name:?} is signed with {algorithm:?}; only sha256 is supported"
+                ));
+            }
+            files.insert(name.to_string(), digest.to_ascii_lowercase());
+        }
+        Ok(files)
+    }
+}
+
 /// Reads and verifies the signature file; `Err` says why it does not count.
 pub fn verify_bundle(path: &Path, keys: &[Key]) -> Result<Signed, String> {
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
@@ -58,60 +137,13 @@ pub fn verify_bundle(path: &Path, keys: &[Key]) -> Result<Signed, String> {
         return Err(format!("{} is too large to be a signature", path.display()));
     }
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let bundle: Bundle = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("the signature file is not a sigstore bundle ({e})"))?;
-    if !bundle
-        .media_type
-        .as_deref()
-        .is_some_and(|t| t.starts_with("application/vnd.dev.sigstore.bundle"))
-    {
-        return Err("the signature file is not a sigstore bundle (mediaType)".into());
-    }
-    let envelope = bundle.dsse_envelope.ok_or(
-        "the bundle has no DSSE envelope (only model-signing's DSSE bundles are supported)",
+    let opened = Opened::parse(&bytes)?;
+    let signer = opened.signer(keys).ok_or(
+        "the signature verifies with none of the configured keys (another key, or a tampered statement)",
     )?;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let payload = b64
-        .decode(envelope.payload.trim())
-        .map_err(|_| "the envelope's payload is not base64".to_string())?;
-    let message = pae(&envelope.payload_type, &payload);
-    let signer = envelope
-        .signatures
-        .iter()
-        .filter_map(|s| b64.decode(s.sig.trim()).ok())
-        .find_map(|sig| keys::signer(keys, &message, &sig))
-        .ok_or("the signature verifies with none of the configured keys (another key, or a tampered statement)")?;
-    let statement: serde_json::Value = serde_json::from_slice(&payload)
-        .map_err(|e| format!("the signed statement is not JSON ({e})"))?;
-    if statement.get("predicateType").and_then(|v| v.as_str()) != Some(PREDICATE_TYPE) {
-        return Err(format!(
-            "the signed statement's predicateType is not {PREDICATE_TYPE}"
-        ));
-    }
-    let predicate = &statement["predicate"];
-    let method = predicate
-        .pointer("/serialization/method")
-        .and_then(|v| v.as_str());
-    if method != Some("files") {
-        return Err(format!(
-            "serialization method {method:?} is not supported (sign with the default `files` method and sha256)"
-        ));
-    }
-    let mut files = BTreeMap::new();
-    for resource in predicate["resources"].as_array().into_iter().flatten() {
-        let name = resource["name"].as_str().unwrap_or_default();
-        let algorithm = resource["algorithm"].as_str().unwrap_or_default();
-        let digest = resource["digest"].as_str().unwrap_or_default();
-        if algorithm != "sha256" {
-            return Err(format!(
-                "file {name:?} is signed with {algorithm:?}; only sha256 is supported"
-            ));
-        }
-        files.insert(name.to_string(), digest.to_ascii_lowercase());
-    }
     Ok(Signed {
         signer: signer.name.clone(),
-        files,
+        files: opened.files()?,
     })
 }
 
