@@ -101,7 +101,16 @@ async fn namespaces_get_their_repositories_and_private_hosts_are_never_contacted
             "access:\n  default: deny\n  rules:\n    - name: ml-team\n      namespaces: [ml-team]\n      references: ['{host}/ml/*']\n    - name: open\n      namespaces: [open]\n      references: ['**']\n"
         ),
     );
-    let daemon = Daemon::start(&ws, &["--policy", &policy.display().to_string()]);
+    let http = format!("127.0.0.1:{}", free_port());
+    let daemon = Daemon::start(
+        &ws,
+        &[
+            "--policy",
+            &policy.display().to_string(),
+            "--http-addr",
+            &http,
+        ],
+    );
     let (_, mut node) = daemon.clients().await;
 
     let target = ws.target("allowed");
@@ -168,6 +177,22 @@ async fn namespaces_get_their_repositories_and_private_hosts_are_never_contacted
     assert!(
         log.contains("access policy: refused"),
         "decisions are logged"
+    );
+    let metrics = ureq::get(&format!("http://{http}/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains("tugboat_policy_refusals_total{reason=\"not_allowed\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "tugboat_policy_refusals_total{{reason=\"host\"}} {}",
+            private.len()
+        )),
+        "{metrics}"
     );
 }
 
@@ -259,4 +284,45 @@ async fn node_credentials_only_where_a_rule_grants_them() {
     node.node_publish_volume(in_namespace("tenant2", &again, &private, "tenant"))
         .await
         .expect_err("a private cached model is not handed to a namespace without credentials");
+}
+
+#[path = "common/fault_proxy.rs"]
+mod fault_proxy;
+
+#[test]
+fn redirects_to_private_hosts_are_refused_before_connecting() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    push_dir(&reg, root, "ml/tiny:v1", 100_000, &[]);
+    let proxy = fault_proxy::FaultProxy::start(&reg.host());
+    let (_listener, port, count) = counting_listener("127.0.0.1");
+    proxy.add(fault_proxy::Rule::new(
+        Some("GET"),
+        "/blobs/",
+        fault_proxy::Fault::Redirect(format!("http://localhost:{port}/v2/ml/tiny/blobs/x")),
+    ));
+    let policy = write_policy(
+        root,
+        &format!(
+            "access:\n  default: deny\n  rules:\n    - name: proxy\n      references: ['{}/ml/*']\n",
+            proxy.host()
+        ),
+    );
+    let dest = root.join("dest");
+    let out = pull(
+        &proxy.reference("ml/tiny:v1"),
+        &dest,
+        None,
+        &["--policy", &policy.display().to_string(), "--retries", "1"],
+    );
+    assert_eq!(out.code(), Some(3), "{}", out.stderr);
+    assert!(out.stderr.contains("redirect"), "{}", out.stderr);
+    assert!(out.stderr.contains("loopback"), "{}", out.stderr);
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        0,
+        "the redirect target was never contacted"
+    );
+    assert!(!dest.join("model.bin").exists());
 }

@@ -29,9 +29,9 @@ pub fn from_pull(error: &PullError) -> Status {
 
 fn from_registry(error: &RegistryError, message: String) -> Status {
     match error {
-        RegistryError::Unauthorized { .. } | RegistryError::Forbidden { .. } => {
-            Status::permission_denied(message)
-        }
+        RegistryError::Unauthorized { .. }
+        | RegistryError::Forbidden { .. }
+        | RegistryError::RedirectRefused { .. } => Status::permission_denied(message),
         RegistryError::NotFound { .. } => Status::not_found(message),
         RegistryError::Config(_) => Status::failed_precondition(message),
         RegistryError::Protocol { .. } => Status::internal(message),

@@ -551,6 +551,13 @@ impl RegistryClient {
             let outcome = request.send().await;
             let response = match outcome {
                 Ok(response) => response,
+                Err(e) if e.is_redirect() && self.anonymous_options.redirect_guard.is_some() => {
+                    return Err(RegistryError::RedirectRefused {
+                        registry: endpoint.host.clone(),
+                        what: what.to_string(),
+                        detail: describe_reqwest_error(&e),
+                    });
+                }
                 Err(e) => {
                     let error = RegistryError::Network {
                         registry: endpoint.host.clone(),

@@ -40,6 +40,12 @@ pub enum RegistryError {
     },
     #[error("configuration: {0}")]
     Config(String),
+    #[error("{registry}: {what}: the node access policy refused a redirect ({detail})")]
+    RedirectRefused {
+        registry: String,
+        what: String,
+        detail: String,
+    },
 }
 
 impl RegistryError {
@@ -61,6 +67,7 @@ impl RegistryError {
             RegistryError::Unauthorized { .. }
                 | RegistryError::Forbidden { .. }
                 | RegistryError::NotFound { .. }
+                | RegistryError::RedirectRefused { .. }
         )
     }
 }
