@@ -326,3 +326,84 @@ fn redirects_to_private_hosts_are_refused_before_connecting() {
     );
     assert!(!dest.join("model.bin").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_namespace_runs_at_most_its_cap_of_distinct_pulls() {
+    if !can_mount() {
+        return;
+    }
+    let reg = Registry::start();
+    let ws = Workspace::new();
+    let a = push_dir(&reg, ws.dir.path(), "ml/a:v1", 50_000, &[]);
+    let b = push_dir(&reg, ws.dir.path(), "ml/b:v1", 60_000, &[]);
+    let upstream = reg.host();
+    // The proxy runs its own runtime: start it off this one.
+    let proxy = std::thread::spawn(move || fault_proxy::FaultProxy::start(&upstream))
+        .join()
+        .unwrap();
+    proxy.add(fault_proxy::Rule::new(
+        Some("GET"),
+        "/blobs/",
+        fault_proxy::Fault::Hold,
+    ));
+    let (a, b) = (
+        a.replace(&reg.host(), &proxy.host()),
+        b.replace(&reg.host(), &proxy.host()),
+    );
+    let policy = write_policy(
+        ws.dir.path(),
+        &format!(
+            "access:\n  default: deny\n  rules:\n    - name: capped\n      references: ['{}/ml/*']\n      maxConcurrentPulls: 1\n",
+            proxy.host()
+        ),
+    );
+    let daemon = Daemon::start(&ws, &["--policy", &policy.display().to_string()]);
+    let (_, mut node) = daemon.clients().await;
+    let (target_a, target_b, target_other) =
+        (ws.target("a"), ws.target("b"), ws.target("other-ns"));
+    let mut first = node.clone();
+    let held = tokio::spawn({
+        let (a, target_a) = (a.clone(), target_a.clone());
+        async move {
+            first
+                .node_publish_volume(in_namespace("a", &target_a, &a, "team"))
+                .await
+        }
+    });
+    // Wait until the first pull is held at its blob.
+    for _ in 0..200 {
+        if !proxy.seen_matching("/blobs/").is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_refused(
+        node.node_publish_volume(in_namespace("b", &target_b, &b, "team"))
+            .await,
+        &["maxConcurrentPulls", "\"capped\"", "\"team\""],
+    );
+    // Another namespace has its own slots (its pull waits at the proxy like the first).
+    let mut other = node.clone();
+    let other_pull = tokio::spawn({
+        let (b, target_other) = (b.clone(), target_other.clone());
+        async move {
+            other
+                .node_publish_volume(in_namespace("o", &target_other, &b, "elsewhere"))
+                .await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        !other_pull.is_finished(),
+        "the other namespace was not refused"
+    );
+    proxy.release();
+    held.await.unwrap().expect("the first pull completes");
+    other_pull
+        .await
+        .unwrap()
+        .expect("the other namespace's pull completes");
+    node.node_publish_volume(in_namespace("b", &target_b, &b, "team"))
+        .await
+        .expect("with the slot free, the second model is pulled");
+}

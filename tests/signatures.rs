@@ -627,26 +627,25 @@ async fn bench_warm_pull_and_publish_overhead() {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    // Warm pull: cache hit into a fresh --dest each round.
+    // Warm pull: cache hit into a fresh --dest each round; with and without alternate, so
+    // drift on a shared machine hits both alike.
     let cache = root.join("cache");
-    let mut pulls = Vec::new();
-    for with_policy in [false, true] {
-        let extra: Vec<&str> = if with_policy {
-            vec!["--policy", &policy]
-        } else {
-            vec![]
-        };
-        pull(&reference, &root.join("warmup"), Some(&cache), &extra).assert_ok("warm-up");
-        let mut times = Vec::new();
-        for i in 0..rounds {
-            let dest = root.join(format!("dest-{with_policy}-{i}"));
+    let with: Vec<&str> = vec!["--policy", &policy];
+    let configs: [&[&str]; 2] = [&[], &with];
+    for extra in configs {
+        pull(&reference, &root.join("warmup"), Some(&cache), extra).assert_ok("warm-up");
+    }
+    let mut pull_times = [Vec::new(), Vec::new()];
+    for i in 0..rounds {
+        for (which, extra) in configs.iter().enumerate() {
+            let dest = root.join(format!("dest-{which}-{i}"));
             let started = std::time::Instant::now();
-            pull(&reference, &dest, Some(&cache), &extra).assert_ok("warm pull");
-            times.push(started.elapsed().as_secs_f64() * 1000.0);
+            pull(&reference, &dest, Some(&cache), extra).assert_ok("warm pull");
+            pull_times[which].push(started.elapsed().as_secs_f64() * 1000.0);
             fs::remove_dir_all(&dest).unwrap();
         }
-        pulls.push(median(times));
     }
+    let pulls = pull_times.map(median);
     println!(
         "warm pull ({size_mib} MiB, {rounds} rounds, median): without policy {:.1} ms, with policy {:.1} ms, extra {:.1} ms",
         pulls[0],
@@ -656,35 +655,36 @@ async fn bench_warm_pull_and_publish_overhead() {
     if !can_mount() {
         return;
     }
-    let mut publishes = Vec::new();
-    for with_policy in [false, true] {
-        let ws = Workspace::new();
-        let extra: Vec<&str> = if with_policy {
-            vec!["--policy", &policy]
-        } else {
-            vec![]
-        };
-        let daemon = Daemon::start(&ws, &extra);
+    let spaces = [Workspace::new(), Workspace::new()];
+    let daemons = [
+        Daemon::start(&spaces[0], &[]),
+        Daemon::start(&spaces[1], &["--policy", &policy]),
+    ];
+    let mut nodes = Vec::new();
+    for (ws, daemon) in spaces.iter().zip(&daemons) {
         let (_, mut node) = daemon.clients().await;
         let warm = ws.target("warm");
         node.node_publish_volume(publish_request("warm", &warm, &reference))
             .await
             .unwrap();
-        let mut times = Vec::new();
-        for i in 0..rounds {
+        nodes.push(node);
+    }
+    let mut publish_times = [Vec::new(), Vec::new()];
+    for i in 0..rounds {
+        for (which, node) in nodes.iter_mut().enumerate() {
             let volume = format!("v{i}");
-            let target = ws.target(&volume);
+            let target = spaces[which].target(&volume);
             let started = std::time::Instant::now();
             node.node_publish_volume(publish_request(&volume, &target, &reference))
                 .await
                 .unwrap();
-            times.push(started.elapsed().as_secs_f64() * 1000.0);
+            publish_times[which].push(started.elapsed().as_secs_f64() * 1000.0);
             node.node_unpublish_volume(unpublish_request(&volume, &target))
                 .await
                 .unwrap();
         }
-        publishes.push(median(times));
     }
+    let publishes = publish_times.map(median);
     println!(
         "warm publish ({size_mib} MiB, {rounds} rounds, median): without policy {:.1} ms, with policy {:.1} ms, extra {:.1} ms",
         publishes[0],
