@@ -352,6 +352,32 @@ fn cosign_signatures_bind_the_exact_digest_to_a_configured_key() {
         );
         assert_nothing_in(&dest);
     }
+
+    // `action: warn` lets the unsigned model through and says why it would be refused.
+    let warn_policy = root.join("warn.yaml");
+    fs::write(
+        &warn_policy,
+        format!(
+            "signatures:\n  rules:\n    - name: cosigned-warn\n      references: ['**']\n      action: warn\n      cosign: {{keys: ['{}']}}\n",
+            public.display()
+        ),
+    )
+    .unwrap();
+    let dest = root.join("dest-warn");
+    let out = pull(
+        &reg.reference("cs/unsigned:v1"),
+        &dest,
+        None,
+        &[
+            "--policy",
+            &warn_policy.display().to_string(),
+            "--log",
+            "warn",
+        ],
+    );
+    out.assert_ok("warn only");
+    assert!(out.stderr.contains("no cosign signature"), "{}", out.stderr);
+    assert!(dest.join("model.bin").is_file());
 }
 
 #[test]
