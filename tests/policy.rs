@@ -407,3 +407,46 @@ async fn a_namespace_runs_at_most_its_cap_of_distinct_pulls() {
         .await
         .expect("with the slot free, the second model is pulled");
 }
+
+#[test]
+fn a_token_realm_on_a_private_host_is_refused_before_connecting() {
+    let work = tempfile::tempdir().unwrap();
+    let (_realm_listener, realm_port, realm_count) = counting_listener("127.0.0.1");
+    // A registry that demands a token from a realm on loopback (like a metadata endpoint).
+    let registry = TcpListener::bind("127.0.0.1:0").unwrap();
+    let registry_host = format!("127.0.0.1:{}", registry.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut stream in registry.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let body = "{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://localhost:{realm_port}/token\",service=\"r\"\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let policy = write_policy(
+        work.path(),
+        &format!(
+            "access:\n  default: deny\n  rules:\n    - name: named\n      references: ['{registry_host}/ml/*']\n"
+        ),
+    );
+    let dest = work.path().join("dest");
+    let out = pull(
+        &format!("{registry_host}/ml/tiny:v1"),
+        &dest,
+        None,
+        &["--policy", &policy.display().to_string(), "--retries", "1"],
+    );
+    assert_eq!(out.code(), Some(3), "{}", out.stderr);
+    assert!(out.stderr.contains("token realm"), "{}", out.stderr);
+    assert!(out.stderr.contains("loopback"), "{}", out.stderr);
+    assert_eq!(
+        realm_count.load(Ordering::SeqCst),
+        0,
+        "the realm was never contacted"
+    );
+}

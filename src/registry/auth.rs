@@ -20,6 +20,9 @@ pub struct Authorizer {
     unverified: oci_client::Client,
     credentials: CredentialStore,
     cache: Mutex<HashMap<CacheKey, Option<String>>>,
+    /// With a redirect guard: the token realm a registry names is judged like a redirect
+    /// before the token exchange connects to it (HTTP clients for HTTPS and unverified TLS).
+    realm_check: Option<(super::RedirectGuard, reqwest::Client, reqwest::Client)>,
 }
 
 impl Authorizer {
@@ -46,6 +49,48 @@ impl Authorizer {
             unverified: oci_client::Client::new(config(true)),
             credentials,
             cache: Mutex::new(HashMap::new()),
+            realm_check: None,
+        }
+    }
+
+    /// Judges token realms with `guard` (probing `/v2/` with these clients) before exchanging.
+    pub fn with_realm_check(
+        mut self,
+        guard: super::RedirectGuard,
+        verified: reqwest::Client,
+        unverified: reqwest::Client,
+    ) -> Self {
+        self.realm_check = Some((guard, verified, unverified));
+        self
+    }
+
+    /// Refuses a token realm the guard does not accept.
+    async fn check_realm(&self, endpoint: &Endpoint) -> Result<(), RegistryError> {
+        let Some((guard, verified, unverified)) = &self.realm_check else {
+            return Ok(());
+        };
+        let http = if endpoint.insecure {
+            unverified
+        } else {
+            verified
+        };
+        let Ok(response) = http.get(endpoint.url("/v2/")).send().await else {
+            return Ok(());
+        };
+        let realm = response
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split("realm=\"").nth(1))
+            .and_then(|rest| rest.split('"').next())
+            .and_then(|realm| url::Url::parse(realm).ok());
+        match realm {
+            Some(url) => (guard.0)(&url).map_err(|why| RegistryError::RedirectRefused {
+                registry: endpoint.host.clone(),
+                what: "authentication".into(),
+                detail: format!("token realm {url}: {why}"),
+            }),
+            None => Ok(()),
         }
     }
 
@@ -82,6 +127,7 @@ impl Authorizer {
         repository: &str,
         push: bool,
     ) -> Result<Option<String>, RegistryError> {
+        self.check_realm(endpoint).await?;
         let credentials = self.credentials.lookup(&endpoint.host);
         let auth = match credentials {
             Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),

@@ -141,15 +141,20 @@ impl RegistryClient {
                 .map_err(|e| RegistryError::Config(format!("cannot build HTTP client: {e}")))
         };
         let plain_hosts = options.endpoints.insecure_hosts.clone();
+        let (verified, unverified) = (build(false)?, build(true)?);
+        let mut authorizer = Authorizer::new(
+            options.credentials,
+            plain_hosts,
+            options.endpoints.plain_http,
+            oci_roots,
+        );
+        if let Some(guard) = guard {
+            authorizer = authorizer.with_realm_check(guard, verified.clone(), unverified.clone());
+        }
         Ok(RegistryClient {
-            verified: build(false)?,
-            unverified: build(true)?,
-            authorizer: Authorizer::new(
-                options.credentials,
-                plain_hosts,
-                options.endpoints.plain_http,
-                oci_roots,
-            ),
+            verified,
+            unverified,
+            authorizer,
             policy: options.endpoints,
             max_attempts: options.max_attempts.max(1),
             transfer: options.transfer,
