@@ -293,8 +293,10 @@ pub async fn pull_gated(
             offline: source.offline,
         };
         if let Err(e) = gate.before_handout(model).await {
-            if ephemeral {
+            if let (true, Some(dest)) = (ephemeral, &request.dest) {
+                // Nothing of a refused model stays under the destination.
                 crate::cache::remove_tree(cache.root())?;
+                let _ = std::fs::remove_dir(materialize::stamp::work_dir(dest));
             }
             return Err(e.into());
         }

@@ -116,10 +116,14 @@ fn inspect_signatures(reference: &str, policy: &str) -> Vec<serde_json::Value> {
 }
 
 fn assert_nothing_in(dest: &Path) {
+    let files: Vec<PathBuf> = walk(dest)
+        .into_iter()
+        .filter(|p| dest.join(p).is_file() || p.is_file())
+        .collect();
     assert!(
-        list_dir(dest).is_empty() || !dest.exists(),
-        "{:?}",
-        list_dir(dest)
+        files.is_empty(),
+        "files left under {}: {files:?}",
+        dest.display()
     );
 }
 
