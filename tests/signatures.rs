@@ -227,15 +227,28 @@ fn cosign_attach(
     let file = dir.path().join("payload.json");
     fs::write(&file, &payload).unwrap();
     let sig_file = dir.path().join("payload.sig");
-    sh(
-        Command::new("openssl")
-            .args(["dgst", "-sha256", "-sign"])
-            .arg(private)
-            .arg("-out")
-            .arg(&sig_file)
-            .arg(&file),
-        "openssl dgst -sign",
-    );
+    if private.to_string_lossy().ends_with("ed25519.pem") {
+        sh(
+            Command::new("openssl")
+                .args(["pkeyutl", "-sign", "-rawin", "-inkey"])
+                .arg(private)
+                .arg("-in")
+                .arg(&file)
+                .arg("-out")
+                .arg(&sig_file),
+            "openssl pkeyutl -sign (ed25519)",
+        );
+    } else {
+        sh(
+            Command::new("openssl")
+                .args(["dgst", "-sha256", "-sign"])
+                .arg(private)
+                .arg("-out")
+                .arg(&sig_file)
+                .arg(&file),
+            "openssl dgst -sign",
+        );
+    }
     let signature = base64::engine::general_purpose::STANDARD.encode(fs::read(&sig_file).unwrap());
     let payload = if tamper {
         payload.replace(
@@ -382,6 +395,70 @@ fn cosign_signatures_bind_the_exact_digest_to_a_configured_key() {
     out.assert_ok("warn only");
     assert!(out.stderr.contains("no cosign signature"), "{}", out.stderr);
     assert!(dest.join("model.bin").is_file());
+}
+
+#[test]
+fn ed25519_keys_verify_cosign_signatures() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    let private = root.join("ed25519.pem");
+    let public = root.join("ed25519.pub");
+    sh(
+        Command::new("openssl")
+            .args(["genpkey", "-algorithm", "ed25519", "-out"])
+            .arg(&private),
+        "openssl genpkey ed25519",
+    );
+    sh(
+        Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&private)
+            .arg("-out")
+            .arg(&public),
+        "openssl pkey -pubout",
+    );
+    let policy = write_policy(
+        root,
+        &format!(
+            "signatures:\n  rules:\n    - name: ed\n      references: ['**']\n      cosign: {{keys: ['{}']}}\n",
+            public.display()
+        ),
+    );
+    let digest = push_model(&reg, root, "ed/model:v1");
+    cosign_attach(
+        &reg.host(),
+        "ed/model",
+        &sig_tag(&digest),
+        &digest,
+        &private,
+        false,
+    );
+    pull(
+        &reg.reference("ed/model:v1"),
+        &root.join("dest"),
+        None,
+        &["--policy", &policy],
+    )
+    .assert_ok("ed25519-signed model");
+    let tampered = push_model(&reg, root, "ed/tampered:v1");
+    cosign_attach(
+        &reg.host(),
+        "ed/tampered",
+        &sig_tag(&tampered),
+        &tampered,
+        &private,
+        true,
+    );
+    let dest = root.join("dest-tampered");
+    pull(
+        &reg.reference("ed/tampered:v1"),
+        &dest,
+        None,
+        &["--policy", &policy],
+    )
+    .assert_code(7, "tampered ed25519 payload");
+    assert_nothing_in(&dest);
 }
 
 #[test]
