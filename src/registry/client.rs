@@ -69,7 +69,6 @@ impl RegistryClient {
             ..options.clone()
         };
         let mut roots = Vec::new();
-        let mut oci_roots = Vec::new();
         if let Some(path) = &options.ca_file {
             let pem = std::fs::read(path).map_err(|e| {
                 RegistryError::Config(format!("cannot read --ca-file {}: {e}", path.display()))
@@ -87,13 +86,9 @@ impl RegistryClient {
                 )));
             }
             roots = certs;
-            oci_roots.push(oci_client::client::Certificate {
-                encoding: oci_client::client::CertificateEncoding::Pem,
-                data: pem,
-            });
         }
         let build = |accept_invalid: bool| {
-            let mut builder = reqwest::Client::builder()
+            let builder = reqwest::Client::builder()
                 .user_agent(concat!("tugboat/", env!("CARGO_PKG_VERSION")))
                 .connect_timeout(Duration::from_secs(15))
                 .read_timeout(Duration::from_secs(60))
@@ -103,23 +98,16 @@ impl RegistryClient {
                 .tcp_nodelay(true)
                 .http2_adaptive_window(true)
                 .tls_danger_accept_invalid_certs(accept_invalid);
-            for cert in &roots {
-                builder = builder.add_root_certificate(cert.clone());
-            }
-            builder
+            super::tls::with_roots(builder, &roots)
                 .build()
                 .map_err(|e| RegistryError::Config(format!("cannot build HTTP client: {e}")))
         };
-        let plain_hosts = options.endpoints.insecure_hosts.clone();
+        let verified = build(false)?;
+        let unverified = build(true)?;
         Ok(RegistryClient {
-            verified: build(false)?,
-            unverified: build(true)?,
-            authorizer: Authorizer::new(
-                options.credentials,
-                plain_hosts,
-                options.endpoints.plain_http,
-                oci_roots,
-            ),
+            authorizer: Authorizer::new(options.credentials, verified.clone(), unverified.clone()),
+            verified,
+            unverified,
             policy: options.endpoints,
             max_attempts: options.max_attempts.max(1),
             transfer: options.transfer,
@@ -455,6 +443,7 @@ impl RegistryClient {
         what: &str,
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> Result<Response, RegistryError> {
+        super::tls::require_roots(endpoint, self.anonymous_options.ca_file.is_some())?;
         let http = if endpoint.insecure {
             &self.unverified
         } else {
