@@ -578,12 +578,63 @@ async fn invalid_requests_get_the_spec_codes() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
+    // ... and so are a published volume asked about at another path, at a relative path (as
+    // csi-sanity asks), or a published path asked about under another volume id.
+    for (volume_id, volume_path) in [
+        (
+            "vol".to_string(),
+            ws.target("elsewhere").display().to_string(),
+        ),
+        ("vol".to_string(), "some/path".to_string()),
+        ("other-vol".to_string(), target.display().to_string()),
+    ] {
+        let status = node
+            .node_get_volume_stats(NodeGetVolumeStatsRequest {
+                volume_id: volume_id.clone(),
+                volume_path: volume_path.clone(),
+                staging_target_path: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::NotFound,
+            "stats of {volume_id} at {volume_path}: {status:?}"
+        );
+    }
+    // The published one itself has figures.
+    let stats = node
+        .node_get_volume_stats(NodeGetVolumeStatsRequest {
+            volume_id: "vol".into(),
+            volume_path: target.display().to_string(),
+            staging_target_path: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.usage[0].used, 1000);
     // Staging is not offered.
     let status = node
         .node_stage_volume(NodeStageVolumeRequest::default())
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented);
+    // Neither are unstaging nor expansion (the capabilities say so).
+    let status = node
+        .node_unstage_volume(tugboat::csi::proto::NodeUnstageVolumeRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+    let status = node
+        .node_expand_volume(tugboat::csi::proto::NodeExpandVolumeRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+    // Unpublishing what was never published is OK: the RPC is idempotent, and kubelet repeats
+    // it after a restart (a model volume has no existence apart from its publications).
+    node.node_unpublish_volume(unpublish_request("never", &ws.target("never")))
+        .await
+        .unwrap();
 
     for (volume, t) in [
         ("vol", target.clone()),

@@ -183,23 +183,73 @@ fn invocation(at: &str, container: &Value) -> Invocation {
         get(container, &["envFrom"]).is_none(),
         "{at}: envFrom cannot be checked; use env entries"
     );
-    let env = seq(container, &["env"])
-        .iter()
-        .map(|e| {
-            let key = text(e, &["name"]).expect("env without name").to_string();
-            let value = if let Some(v) = text(e, &["value"]) {
-                v.to_string()
-            } else if text(e, &["valueFrom", "fieldRef", "fieldPath"]) == Some("spec.nodeName") {
-                "node-a".to_string()
-            } else if get(e, &["valueFrom"]).is_some() {
-                "from-value-from".to_string()
-            } else {
-                String::new()
-            };
-            (key, value)
-        })
-        .collect();
+    let mut env: Vec<(String, String)> = Vec::new();
+    for e in seq(container, &["env"]) {
+        let key = text(e, &["name"]).expect("env without name").to_string();
+        let value = if let Some(v) = text(e, &["value"]) {
+            // kubelet expands $(VAR) from the variables defined *before* this one.
+            let expanded = expand_env_refs(v, &env);
+            if let Some(later) = unexpanded_ref(&expanded) {
+                panic!("{at}: env {key} uses $({later}), which is not defined before it");
+            }
+            expanded
+        } else {
+            match text(e, &["valueFrom", "fieldRef", "fieldPath"]) {
+                Some("spec.nodeName") => "node-a".to_string(),
+                Some("status.hostIP") => "10.0.0.7".to_string(),
+                _ if get(e, &["valueFrom"]).is_some() => "from-value-from".to_string(),
+                _ => String::new(),
+            }
+        };
+        env.push((key, value));
+    }
+    let argv = argv.iter().map(|a| expand_env_refs(a, &env)).collect();
     Invocation { at, argv, env }
+}
+
+/// `$(NAME)` replaced by NAME's value where `env` defines it, as kubelet does for env values,
+/// command and args (`$$` escapes; unknown references stay as written).
+fn expand_env_refs(value: &str, env: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some((name, tail)) = after.strip_prefix('(').and_then(|a| a.split_once(')')) {
+            match env.iter().rev().find(|(k, _)| k == name) {
+                Some((_, v)) => out.push_str(v),
+                None => out.push_str(&format!("$({name})")),
+            }
+            rest = tail;
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn unexpanded_ref(value: &str) -> Option<&str> {
+    let start = value.find("$(")? + 2;
+    value[start..].split_once(')').map(|(name, _)| name)
+}
+
+#[test]
+fn env_references_expand_as_kubelet_expands_them() {
+    let env = vec![("HOST_IP".to_string(), "10.0.0.7".to_string())];
+    assert_eq!(
+        expand_env_refs("h=http://$(HOST_IP):65001", &env),
+        "h=http://10.0.0.7:65001"
+    );
+    assert_eq!(
+        expand_env_refs("$$(HOST_IP) $(NOPE)", &env),
+        "$(HOST_IP) $(NOPE)"
+    );
+    assert_eq!(unexpanded_ref("x $(NOPE) y"), Some("NOPE"));
 }
 
 fn invocations(docs: &[Doc]) -> Vec<Invocation> {
@@ -283,13 +333,17 @@ fn env_vars_in_help(bin: &Path, sub: &[String]) -> BTreeSet<String> {
 /// Every tugboat container in manifests/ parses with `bin`: flags, values and env.
 fn check_invocations_with(bin: &Path) {
     let docs = docs();
-    let invs = invocations(&docs);
-    // the DaemonSet's node plugin and the init containers of examples 1, 2 and 5
+    // the DaemonSet's node plugin and the init containers of examples 1, 2, 5 and 6
+    let found = invocations(&docs).len();
     assert!(
-        invs.len() >= 4,
-        "expected the node plugin and the init containers, found {}",
-        invs.len()
+        found >= 6,
+        "expected the node plugin and the init containers, found {found}"
     );
+    check_invocations_in(bin, &docs);
+}
+
+fn check_invocations_in(bin: &Path, docs: &[Doc]) {
+    let invs = invocations(docs);
     assert!(
         invs.iter().any(|i| subcommand(&i.argv) == ["node"]),
         "no `tugboat node` container in manifests/"
@@ -438,9 +492,14 @@ fn kustomizations_deploy_the_node_part() {
     let dir = manifests_dir();
     for path in yaml_files(&dir).into_iter().filter(|p| is_kustomization(p)) {
         let k: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let in_components = path.starts_with(dir.join("components"));
         assert_eq!(
             text(&k, &["kind"]),
-            Some("Kustomization"),
+            Some(if in_components {
+                "Component"
+            } else {
+                "Kustomization"
+            }),
             "{}",
             path.display()
         );
@@ -625,21 +684,16 @@ fn paths_ports_and_sockets_fit_the_pods_around_tugboat() {
                 panic!("{}: port {p} is used by {other} and {c}", pod.at);
             }
         }
-        // Every probe's port is a declared port of its container.
+        // Every probe's port is one kubelet can resolve: a port *name* only among the probed
+        // container's own ports (a sidecar's name is a silent no-op: kubelet logs a parse
+        // error and never fails the probe), a number among any container of the pod.
         for c in containers(spec) {
+            let cname = text(c, &["name"]).unwrap();
             for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
-                if let Some(port) = get(c, &[probe, "httpGet", "port"]) {
-                    let cname = text(c, &["name"]).unwrap();
-                    let ok = ports.iter().any(|(_, n, p)| match port {
-                        Value::String(s) => n == s,
-                        Value::Number(num) => num.as_i64() == Some(*p),
-                        _ => false,
-                    });
-                    assert!(
-                        ok,
-                        "{} {cname}: {probe} port {port:?} is no container port",
-                        pod.at
-                    );
+                for handler in ["httpGet", "tcpSocket", "grpc"] {
+                    if let Some(port) = get(c, &[probe, handler, "port"]) {
+                        check_probe_port(&pod.at, &ports, cname, probe, port);
+                    }
                 }
             }
             // A sidecar's --http-endpoint is a declared port of that container.
@@ -742,6 +796,42 @@ fn paths_ports_and_sockets_fit_the_pods_around_tugboat() {
     );
 }
 
+/// A probe's port resolves as kubelet resolves it: a name among the container's own ports, a
+/// number among the pod's (one network namespace).
+fn check_probe_port(
+    at: &str,
+    ports: &[(String, String, i64)],
+    container: &str,
+    probe: &str,
+    port: &Value,
+) {
+    let ok = match port {
+        Value::String(name) => ports.iter().any(|(c, n, _)| c == container && n == name),
+        Value::Number(num) => ports.iter().any(|(_, _, p)| num.as_i64() == Some(*p)),
+        _ => false,
+    };
+    assert!(
+        ok,
+        "{at} {container}: {probe} port {port:?} is not a port of this container (by name) or of \
+         the pod (by number)"
+    );
+}
+
+#[test]
+fn a_probe_naming_a_sidecars_port_is_refused() {
+    let ports = vec![
+        ("tugboat".to_string(), "metrics".to_string(), 9808),
+        ("liveness-probe".to_string(), "healthz".to_string(), 9809),
+    ];
+    let sidecar_name = Value::String("healthz".into());
+    let refused = std::panic::catch_unwind(|| {
+        check_probe_port("t", &ports, "tugboat", "livenessProbe", &sidecar_name)
+    });
+    assert!(refused.is_err(), "a sidecar's port name passed");
+    check_probe_port("t", &ports, "tugboat", "livenessProbe", &Value::from(9809));
+    check_probe_port("t", &ports, "tugboat", "readinessProbe", &"metrics".into());
+}
+
 fn check_node_plugin(docs: &[Doc], pod: &PodSpec<'_>, tugboat: &Value, inv: &Invocation) {
     let at = &inv.at;
     let spec = pod.spec;
@@ -759,6 +849,10 @@ fn check_node_plugin(docs: &[Doc], pod: &PodSpec<'_>, tugboat: &Value, inv: &Inv
         text(tugboat, &["readinessProbe", "httpGet", "path"]),
         Some("/readyz"),
         "{at}: readiness should use /readyz"
+    );
+    assert!(
+        get(tugboat, &["readinessProbe", "timeoutSeconds"]).and_then(Value::as_i64) >= Some(3),
+        "{at}: the readiness probe's default 1 s timeout is too short on a busy node"
     );
 
     // The CSI socket: one hostPath directory shared with the two sidecars, registered with
@@ -819,6 +913,19 @@ fn check_node_plugin(docs: &[Doc], pod: &PodSpec<'_>, tugboat: &Value, inv: &Inv
             sidecars.insert("registrar");
         }
         if image.contains("livenessprobe") {
+            // tugboat's liveness probe asks this sidecar (CSI Probe over the socket), by the
+            // number of its --http-endpoint: a hung plugin then fails the probe and restarts.
+            let endpoint = sidecar_flag(c, "--http-endpoint")
+                .unwrap_or_else(|| panic!("{cname}: no --http-endpoint"));
+            assert_eq!(
+                get(tugboat, &["livenessProbe", "httpGet", "port"]).and_then(Value::as_i64),
+                Some(port_of(endpoint)),
+                "{at}: the liveness probe must target {cname}'s port {endpoint} by number"
+            );
+            assert_eq!(
+                text(tugboat, &["livenessProbe", "httpGet", "path"]),
+                Some("/healthz")
+            );
             sidecars.insert("livenessprobe");
         }
     }
@@ -1059,6 +1166,12 @@ fn model_volumes_name_the_driver_and_a_valid_reference() {
 // The Dockerfile
 
 /// One Dockerfile instruction: keyword and its (continuation-joined) rest.
+fn sha256_of(path: &Path) -> String {
+    use sha2::Digest as _;
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    format!("{:x}", sha2::Sha256::digest(bytes))
+}
+
 fn dockerfile_instructions(text: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut current = String::new();
@@ -1118,16 +1231,16 @@ fn dockerfile_build_stage_runs_here_and_its_binary_accepts_the_manifests() {
     );
     let (image_from, image) = stages.last().unwrap();
     assert!(
-        image_from.contains("distroless")
-            || image_from.contains("-slim")
-            || image_from.starts_with("scratch"),
-        "a small final image: {image_from}"
+        image_from.starts_with("scratch"),
+        "the image is FROM scratch (no base image to pull): {image_from}"
     );
 
     // Replay the build stage here: WORKDIR is the repository, ENV/ARG become the environment,
     // RUN lines run in sh as Docker runs them. OUT (where the binary goes) is sent into
     // target/image/ instead of /out.
     let out_dir = root.join("target/image");
+    // scripts/build-image.sh refuses to fill a non-empty directory: start afresh.
+    let _ = std::fs::remove_dir_all(out_dir.join("rootfs"));
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     let mut runs = 0;
     for (keyword, rest) in build {
@@ -1172,7 +1285,7 @@ fn dockerfile_build_stage_runs_here_and_its_binary_accepts_the_manifests() {
         "the build stage sets ENV OUT (the binary's directory)"
     );
 
-    // The image ships exactly that binary and runs it.
+    // The image is the filesystem scripts/build-image.sh made, with the binary as entrypoint.
     let out = env["OUT"].clone();
     let copy = image
         .iter()
@@ -1181,20 +1294,39 @@ fn dockerfile_build_stage_runs_here_and_its_binary_accepts_the_manifests() {
         .expect("COPY --from=build");
     let parts: Vec<&str> = copy.split_whitespace().collect();
     assert_eq!(
-        parts[1],
-        format!("{out}/tugboat"),
-        "the image copies $OUT/tugboat"
+        parts[1..],
+        [format!("{out}/rootfs/").as_str(), "/"],
+        "the image is the rootfs scripts/build-image.sh made"
     );
     let entrypoint = image
         .iter()
         .find(|(k, _)| k == "ENTRYPOINT")
         .map(|(_, r)| r.clone())
         .expect("ENTRYPOINT");
+    let entry: Vec<String> = serde_json::from_str(&entrypoint).expect("ENTRYPOINT [...]");
+    let rootfs = out_dir.join("rootfs");
+    let shipped = rootfs.join(entry[0].trim_start_matches('/'));
     assert_eq!(
-        entrypoint,
-        format!("[\"{}\"]", parts[2]),
-        "ENTRYPOINT is the copied binary"
+        sha256_of(&shipped),
+        sha256_of(&out_dir.join("tugboat")),
+        "ENTRYPOINT is the binary built"
     );
+    // Inside the image's filesystem alone (chroot, as root) the binary finds everything it
+    // links: it runs.
+    if nix::unistd::Uid::effective().is_root() {
+        let version = Command::new("chroot")
+            .arg(&rootfs)
+            .args([entry[0].as_str(), "--version"])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .output()
+            .unwrap();
+        assert!(
+            version.status.success(),
+            "the binary does not run in its own image: {}",
+            String::from_utf8_lossy(&version.stderr)
+        );
+    }
 
     let bin = out_dir.join("tugboat");
     let version = Command::new(&bin).arg("--version").output().unwrap();
@@ -1204,4 +1336,242 @@ fn dockerfile_build_stage_runs_here_and_its_binary_accepts_the_manifests() {
         format!("tugboat {}", env!("CARGO_PKG_VERSION"))
     );
     check_invocations_with(&bin);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pod Security and resources of the examples
+
+/// Where a pod breaks the `restricted` Pod Security Standard (Kubernetes 1.25+ rules).
+fn restricted_violations(spec: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for host in ["hostNetwork", "hostPID", "hostIPC"] {
+        if get(spec, &[host]).and_then(Value::as_bool) == Some(true) {
+            out.push(format!("{host}: true"));
+        }
+    }
+    const VOLUME_TYPES: [&str; 8] = [
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    ];
+    for v in seq(spec, &["volumes"]) {
+        let mapping = v.as_mapping().unwrap();
+        for key in mapping.keys().filter_map(Value::as_str) {
+            if key != "name" && !VOLUME_TYPES.contains(&key) {
+                out.push(format!("volume {}: {key}", text(v, &["name"]).unwrap()));
+            }
+        }
+    }
+    let pod_sc = |key: &str| get(spec, &["securityContext", key]);
+    if pod_sc("runAsUser").and_then(Value::as_i64) == Some(0) {
+        out.push("pod runAsUser: 0".into());
+    }
+    let pod_non_root = pod_sc("runAsNonRoot").and_then(Value::as_bool);
+    let seccomp_ok = |sc: Option<&Value>| {
+        matches!(
+            sc.and_then(|s| text(s, &["seccompProfile", "type"])),
+            Some("RuntimeDefault" | "Localhost")
+        )
+    };
+    let pod_seccomp = seccomp_ok(get(spec, &["securityContext"]));
+    for c in containers(spec) {
+        let name = text(c, &["name"]).unwrap();
+        let sc = get(c, &["securityContext"]);
+        let field = |key: &str| sc.and_then(|s| get(s, &[key]));
+        if field("privileged").and_then(Value::as_bool) == Some(true) {
+            out.push(format!("{name}: privileged"));
+        }
+        if field("allowPrivilegeEscalation").and_then(Value::as_bool) != Some(false) {
+            out.push(format!("{name}: allowPrivilegeEscalation is not false"));
+        }
+        let caps = |k: &str| -> Vec<&str> {
+            sc.map(|s| seq(s, &["capabilities", k]))
+                .unwrap_or(&[])
+                .iter()
+                .filter_map(Value::as_str)
+                .collect()
+        };
+        if !caps("drop").contains(&"ALL") {
+            out.push(format!("{name}: capabilities.drop lacks ALL"));
+        }
+        if caps("add").iter().any(|c| *c != "NET_BIND_SERVICE") {
+            out.push(format!("{name}: adds capabilities {:?}", caps("add")));
+        }
+        match field("runAsNonRoot").and_then(Value::as_bool) {
+            Some(false) => out.push(format!("{name}: runAsNonRoot: false")),
+            None if pod_non_root != Some(true) => out.push(format!(
+                "{name}: runAsNonRoot is not set (pod or container)"
+            )),
+            _ => {}
+        }
+        if field("runAsUser").and_then(Value::as_i64) == Some(0) {
+            out.push(format!("{name}: runAsUser: 0"));
+        }
+        if !pod_seccomp && !seccomp_ok(sc) {
+            out.push(format!(
+                "{name}: no RuntimeDefault/Localhost seccompProfile"
+            ));
+        }
+        for p in seq(c, &["ports"]) {
+            if get(p, &["hostPort"]).is_some() {
+                out.push(format!("{name}: hostPort"));
+            }
+        }
+    }
+    out
+}
+
+/// CPU quantity in millicores ("250m", "1", "0.5").
+fn millicores(q: &Value) -> i64 {
+    let s = match q {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        other => panic!("cpu quantity {other:?}"),
+    };
+    match s.strip_suffix('m') {
+        Some(m) => m.parse().unwrap(),
+        None => (s.parse::<f64>().unwrap() * 1000.0).round() as i64,
+    }
+}
+
+#[test]
+fn examples_are_admissible_under_restricted_pod_security_and_fit_a_small_node() {
+    let docs = docs();
+    let examples: Vec<Doc> = docs
+        .into_iter()
+        .filter(|d| d.file.starts_with("manifests/examples/"))
+        .collect();
+    let pods = pod_specs(&examples);
+    assert!(pods.len() >= 7, "every example's pods: {}", pods.len());
+    for pod in &pods {
+        let violations = restricted_violations(pod.spec);
+        assert!(
+            violations.is_empty(),
+            "{}: not admissible under Pod Security `restricted`: {violations:?}",
+            pod.at
+        );
+        for c in containers(pod.spec) {
+            let cpu = get(c, &["resources", "requests", "cpu"])
+                .unwrap_or_else(|| panic!("{}: {:?} requests no cpu", pod.at, c["name"]));
+            assert!(
+                millicores(cpu) <= 500,
+                "{}: {:?} requests {cpu:?} cpu: too much for a small node",
+                pod.at,
+                c["name"]
+            );
+        }
+    }
+    // The node plugin cannot be restricted (privileged, hostPath, Bidirectional propagation):
+    // its namespace says so to Pod Security Admission, and the checker sees why.
+    let docs = self::docs();
+    let ns = find(&docs, "Namespace", "tugboat-system").expect("the tugboat-system Namespace");
+    assert_eq!(
+        text(
+            &ns.value,
+            &["metadata", "labels", "pod-security.kubernetes.io/enforce"]
+        ),
+        Some("privileged")
+    );
+    let daemonset = find(&docs, "DaemonSet", "tugboat-node").unwrap();
+    let violations = restricted_violations(pod_specs(std::slice::from_ref(daemonset))[0].spec);
+    assert!(
+        violations.iter().any(|v| v.contains("privileged"))
+            && violations.iter().any(|v| v.contains("hostPath")),
+        "{violations:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kustomize components (manifests/components/*): rendered over the base by kustomize itself
+
+#[test]
+fn components_render_over_the_base_and_their_settings_are_accepted() {
+    let components: Vec<PathBuf> = yaml_files(&manifests_dir().join("components"))
+        .into_iter()
+        .filter(|p| is_kustomization(p))
+        .map(|p| p.parent().unwrap().to_path_buf())
+        .collect();
+    assert!(
+        components.len() >= 2,
+        "the private-registry and dragonfly-mirror components"
+    );
+    if Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: kubectl is not installed; components are not rendered");
+        return;
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_tugboat"));
+    for component in components {
+        let name = component.file_name().unwrap().to_str().unwrap();
+        // kustomize takes relative paths only, and refuses an overlay inside its base.
+        let dir = tempfile::Builder::new()
+            .prefix(".kustomize-")
+            .tempdir_in(root())
+            .unwrap();
+        std::fs::write(
+            dir.path().join("kustomization.yaml"),
+            format!(
+                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+                 resources: [../manifests]\ncomponents: [../manifests/components/{name}]\n"
+            ),
+        )
+        .unwrap();
+        let out = Command::new("kubectl")
+            .arg("kustomize")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "component {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rendered = String::from_utf8(out.stdout).unwrap();
+        let file = dir.path().join("rendered.yaml");
+        std::fs::write(&file, &rendered).unwrap();
+        let (ok, report) = kubernetes_validate(std::slice::from_ref(&file), None);
+        assert!(ok, "component {name}: kubernetes-validate:\n{report}");
+
+        let docs: Vec<Doc> = serde_yaml_ng::Deserializer::from_str(&rendered)
+            .map(|de| Doc {
+                file: format!("components/{name}"),
+                value: <Value as serde::Deserialize>::deserialize(de).unwrap(),
+            })
+            .collect();
+        check_invocations_in(bin, &docs);
+        let invs = invocations(&docs);
+        let node = invs
+            .iter()
+            .find(|i| subcommand(&i.argv) == ["node"])
+            .unwrap();
+        let pod = pod_specs(&docs).into_iter().next().unwrap();
+        let tugboat = containers(pod.spec).find(|c| is_tugboat(c)).unwrap();
+        if let Some(mirror) = option(node, "--mirror", "TUGBOAT_MIRROR") {
+            // The node's address from the downward API, never the pod's own loopback.
+            assert!(
+                mirror.contains("10.0.0.7") && !mirror.contains("127.0.0.1"),
+                "component {name}: mirror {mirror} is not the node's address"
+            );
+            tugboat::registry::EndpointPolicy::parse_mirror(&mirror)
+                .unwrap_or_else(|e| panic!("component {name}: mirror {mirror}: {e}"));
+        }
+        if let Some(ca) = option(node, "--ca-file", "TUGBOAT_CA_FILE") {
+            let (mount, volume) = mount_for(pod.spec, tugboat, &ca)
+                .unwrap_or_else(|| panic!("component {name}: --ca-file {ca} on no volume"));
+            assert_eq!(
+                get(mount, &["readOnly"]).and_then(Value::as_bool),
+                Some(true)
+            );
+            assert!(get(volume, &["configMap", "name"]).is_some());
+        }
+    }
 }

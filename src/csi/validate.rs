@@ -215,9 +215,17 @@ pub fn unpublish(request: &NodeUnpublishVolumeRequest) -> Result<(String, PathBu
     Ok((volume_id.to_string(), target))
 }
 
+/// A missing field is INVALID_ARGUMENT; a path no volume can be published at (relative, or
+/// with `..`) is NOT_FOUND, as the spec's table says for "volume does not exist on the
+/// specified path" (csi-sanity asks with `some/path`).
 pub fn volume_stats(request: &NodeGetVolumeStatsRequest) -> Result<(String, PathBuf), Status> {
     let volume_id = required("volume_id", &request.volume_id)?;
-    let path = target_path("volume_path", &request.volume_path)?;
+    let value = required("volume_path", &request.volume_path)?;
+    let path = target_path("volume_path", value).map_err(|_| {
+        Status::not_found(format!(
+            "volume {volume_id} is not published at {value:?}: not an absolute path without '..'"
+        ))
+    })?;
     Ok((volume_id.to_string(), path))
 }
 
@@ -305,6 +313,23 @@ mod tests {
         r.volume_context
             .insert(PULL_POLICY.into(), "Sometimes".into());
         assert_eq!(code(&r), Code::InvalidArgument);
+    }
+
+    #[test]
+    fn volume_stats_error_codes() {
+        let code = |id: &str, path: &str| match volume_stats(&NodeGetVolumeStatsRequest {
+            volume_id: id.into(),
+            volume_path: path.into(),
+            staging_target_path: String::new(),
+        }) {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        };
+        assert_eq!(code("", "/var/lib/kubelet/pods/x"), Code::InvalidArgument);
+        assert_eq!(code("vol", ""), Code::InvalidArgument);
+        assert_eq!(code("vol", "some/path"), Code::NotFound);
+        assert_eq!(code("vol", "/var/lib/../x"), Code::NotFound);
+        assert_eq!(code("vol", "/var/lib/kubelet/pods/x"), Code::Ok);
     }
 
     #[test]

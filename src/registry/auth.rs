@@ -1,14 +1,15 @@
 //! Authorization headers per (endpoint, repository, operation): anonymous, HTTP basic, or the
-//! bearer-token flow Harbor and Docker Hub use (obtained through oci-client), cached until a
-//! registry answers 401 again.
+//! bearer-token flow Harbor and Docker Hub use (distribution's token auth: a 401 from `/v2/`
+//! with `WWW-Authenticate: Bearer realm=...,service=...`, then a token from the realm), cached
+//! until a registry answers 401 again. It speaks through the same HTTP clients as the rest of
+//! the registry layer, so it works wherever they do (also in an image without a CA bundle).
 
 use super::credentials::{CredentialStore, Credentials};
 use super::endpoint::Endpoint;
 use super::error::RegistryError;
 use base64::Engine as _;
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
-use oci_client::RegistryOperation;
+use reqwest::header::WWW_AUTHENTICATE;
+use reqwest::StatusCode;
 use std::collections::HashMap;
 use tokio::sync::Mutex;
 
@@ -16,63 +17,46 @@ type CacheKey = (String, String, bool);
 
 /// Obtains and remembers `Authorization` header values.
 pub struct Authorizer {
-    verified: oci_client::Client,
-    unverified: oci_client::Client,
+    verified: reqwest::Client,
+    unverified: reqwest::Client,
     credentials: CredentialStore,
     cache: Mutex<HashMap<CacheKey, Option<String>>>,
     /// With a redirect guard: the token realm a registry names is judged like a redirect
-    /// before the token exchange connects to it (HTTP clients for HTTPS and unverified TLS).
-    realm_check: Option<(super::RedirectGuard, reqwest::Client, reqwest::Client)>,
+    /// before the token exchange connects to it.
+    realm_check: Option<super::RedirectGuard>,
 }
 
 impl Authorizer {
+    /// `verified` checks TLS certificates; `unverified` is for `--insecure-registry` hosts.
     pub fn new(
         credentials: CredentialStore,
-        plain_http_hosts: Vec<String>,
-        all_plain_http: bool,
-        extra_roots: Vec<oci_client::client::Certificate>,
+        verified: reqwest::Client,
+        unverified: reqwest::Client,
     ) -> Self {
-        let config = |accept_invalid: bool| ClientConfig {
-            protocol: if all_plain_http {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::HttpsExcept(plain_http_hosts.clone())
-            },
-            accept_invalid_certificates: accept_invalid,
-            extra_root_certificates: extra_roots.clone(),
-            connect_timeout: Some(std::time::Duration::from_secs(15)),
-            read_timeout: Some(std::time::Duration::from_secs(60)),
-            ..Default::default()
-        };
         Authorizer {
-            verified: oci_client::Client::new(config(false)),
-            unverified: oci_client::Client::new(config(true)),
+            verified,
+            unverified,
             credentials,
             cache: Mutex::new(HashMap::new()),
             realm_check: None,
         }
     }
 
-    /// Judges token realms with `guard` (probing `/v2/` with these clients) before exchanging.
-    pub fn with_realm_check(
-        mut self,
-        guard: super::RedirectGuard,
-        verified: reqwest::Client,
-        unverified: reqwest::Client,
-    ) -> Self {
-        self.realm_check = Some((guard, verified, unverified));
+    /// Judges token realms with `guard` (probing `/v2/`) before exchanging.
+    pub fn with_realm_check(mut self, guard: super::RedirectGuard) -> Self {
+        self.realm_check = Some(guard);
         self
     }
 
     /// Refuses a token realm the guard does not accept.
     async fn check_realm(&self, endpoint: &Endpoint) -> Result<(), RegistryError> {
-        let Some((guard, verified, unverified)) = &self.realm_check else {
+        let Some(guard) = &self.realm_check else {
             return Ok(());
         };
         let http = if endpoint.insecure {
-            unverified
+            &self.unverified
         } else {
-            verified
+            &self.verified
         };
         let Ok(response) = http.get(endpoint.url("/v2/")).send().await else {
             return Ok(());
@@ -129,50 +113,120 @@ impl Authorizer {
     ) -> Result<Option<String>, RegistryError> {
         self.check_realm(endpoint).await?;
         let credentials = self.credentials.lookup(&endpoint.host);
-        let auth = match credentials {
-            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
-            None => RegistryAuth::Anonymous,
-        };
-        let reference = oci_client::Reference::with_tag(
-            endpoint.host.clone(),
-            repository.to_string(),
-            "latest".to_string(),
-        );
-        let operation = if push {
-            RegistryOperation::Push
-        } else {
-            RegistryOperation::Pull
-        };
         let client = if endpoint.insecure {
             &self.unverified
         } else {
             &self.verified
         };
-        match client.auth(&reference, &auth, operation).await {
-            Ok(Some(token)) => Ok(Some(format!("Bearer {token}"))),
-            Ok(None) => Ok(credentials.map(basic_header)),
-            Err(oci_client::errors::OciDistributionError::RequestError(e)) => {
-                Err(RegistryError::Network {
-                    registry: endpoint.host.clone(),
-                    what: "authentication".into(),
-                    attempts: 1,
-                    detail: super::client::describe_reqwest_error(&e),
-                })
-            }
-            Err(e) => Err(RegistryError::Unauthorized {
-                registry: endpoint.host.clone(),
-                repository: repository.to_string(),
-                detail: format!(
-                    "token exchange {}: {}",
-                    if credentials.is_some() {
-                        "with the configured credentials failed"
-                    } else {
-                        "without credentials failed"
-                    },
-                    redact(&e.to_string(), credentials)
-                ),
-            }),
+        let network = |e: reqwest::Error| RegistryError::Network {
+            registry: endpoint.host.clone(),
+            what: "authentication".into(),
+            attempts: 1,
+            detail: super::client::describe_reqwest_error(&e),
+        };
+        // Which scheme the registry asks for: none, Basic, or a Bearer token from a realm.
+        let ping = client
+            .get(format!("{}/v2/", endpoint.base_url()))
+            .send()
+            .await
+            .map_err(network)?;
+        let challenge = match ping.status() {
+            StatusCode::UNAUTHORIZED => ping
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(BearerChallenge::parse),
+            _ => None,
+        };
+        let Some(challenge) = challenge else {
+            return Ok(credentials.map(basic_header));
+        };
+        let actions = if push { "pull,push" } else { "pull" };
+        let mut request = client
+            .get(&challenge.realm)
+            .query(&[("scope", format!("repository:{repository}:{actions}"))]);
+        if let Some(service) = &challenge.service {
+            request = request.query(&[("service", service)]);
         }
+        if let Some(c) = credentials {
+            request = request.basic_auth(&c.username, Some(&c.password));
+        }
+        let refused = |detail: String| RegistryError::Unauthorized {
+            registry: endpoint.host.clone(),
+            repository: repository.to_string(),
+            detail: format!(
+                "token exchange {}: {}",
+                if credentials.is_some() {
+                    "with the configured credentials failed"
+                } else {
+                    "without credentials failed"
+                },
+                redact(&detail, credentials)
+            ),
+        };
+        let response = request.send().await.map_err(network)?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(refused(format!(
+                "{} answered HTTP {status}",
+                challenge.realm
+            )));
+        }
+        let body: TokenResponse = response
+            .json()
+            .await
+            .map_err(|e| refused(format!("{}: {e}", challenge.realm)))?;
+        match body.token.or(body.access_token) {
+            Some(token) if !token.is_empty() => Ok(Some(format!("Bearer {token}"))),
+            _ => Err(refused(format!("{} returned no token", challenge.realm))),
+        }
+    }
+}
+
+/// The token endpoint's answer (distribution token auth; OAuth2 servers say `access_token`).
+#[derive(serde::Deserialize)]
+struct TokenResponse {
+    token: Option<String>,
+    access_token: Option<String>,
+}
+
+/// `WWW-Authenticate: Bearer realm="...",service="...",scope="..."`.
+#[derive(Debug, PartialEq)]
+struct BearerChallenge {
+    realm: String,
+    service: Option<String>,
+}
+
+impl BearerChallenge {
+    fn parse(header: &str) -> Option<Self> {
+        let (scheme, params) = header.trim().split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let mut realm = None;
+        let mut service = None;
+        let mut rest = params.trim();
+        while !rest.is_empty() {
+            let (key, after) = rest.split_once('=')?;
+            let after = after.trim_start();
+            let (value, tail) = match after.strip_prefix('"') {
+                Some(quoted) => {
+                    let (v, t) = quoted.split_once('"')?;
+                    (v, t)
+                }
+                None => after.split_once(',').map_or((after, ""), |(v, t)| (v, t)),
+            };
+            match key.trim().to_ascii_lowercase().as_str() {
+                "realm" => realm = Some(value.to_string()),
+                "service" => service = Some(value.to_string()),
+                _ => {}
+            }
+            rest = tail.trim_start().trim_start_matches(',').trim_start();
+        }
+        Some(BearerChallenge {
+            realm: realm?,
+            service,
+        })
     }
 }
 
@@ -193,4 +247,31 @@ pub fn redact(text: &str, credentials: Option<&Credentials>) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BearerChallenge;
+
+    #[test]
+    fn bearer_challenges_parse_as_registries_send_them() {
+        assert_eq!(
+            BearerChallenge::parse(
+                r#"Bearer realm="https://harbor.example.com/service/token",service="harbor-registry",scope="repository:a/b:pull""#
+            ),
+            Some(BearerChallenge {
+                realm: "https://harbor.example.com/service/token".into(),
+                service: Some("harbor-registry".into()),
+            })
+        );
+        assert_eq!(
+            BearerChallenge::parse("bearer realm=http://127.0.0.1:1/token"),
+            Some(BearerChallenge {
+                realm: "http://127.0.0.1:1/token".into(),
+                service: None,
+            })
+        );
+        assert_eq!(BearerChallenge::parse(r#"Basic realm="registry""#), None);
+        assert_eq!(BearerChallenge::parse(r#"Bearer service="x""#), None);
+    }
 }

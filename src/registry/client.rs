@@ -84,7 +84,6 @@ impl RegistryClient {
             ..options.clone()
         };
         let mut roots = Vec::new();
-        let mut oci_roots = Vec::new();
         if let Some(path) = &options.ca_file {
             let pem = std::fs::read(path).map_err(|e| {
                 RegistryError::Config(format!("cannot read --ca-file {}: {e}", path.display()))
@@ -102,14 +101,10 @@ impl RegistryClient {
                 )));
             }
             roots = certs;
-            oci_roots.push(oci_client::client::Certificate {
-                encoding: oci_client::client::CertificateEncoding::Pem,
-                data: pem,
-            });
         }
         let guard = options.redirect_guard.clone();
         let build = |accept_invalid: bool| {
-            let mut builder = reqwest::Client::builder()
+            let builder = reqwest::Client::builder()
                 .user_agent(concat!("tugboat/", env!("CARGO_PKG_VERSION")))
                 .connect_timeout(Duration::from_secs(15))
                 .read_timeout(Duration::from_secs(60))
@@ -119,42 +114,39 @@ impl RegistryClient {
                 .tcp_nodelay(true)
                 .http2_adaptive_window(true)
                 .tls_danger_accept_invalid_certs(accept_invalid);
-            for cert in &roots {
-                builder = builder.add_root_certificate(cert.clone());
-            }
-            if let Some(RedirectGuard(check)) = guard.clone() {
-                builder = builder.redirect(reqwest::redirect::Policy::custom(move |attempt| {
-                    if attempt.previous().len() >= 10 {
-                        return attempt.error("too many redirects");
-                    }
-                    match check(attempt.url()) {
-                        Ok(()) => attempt.follow(),
-                        Err(why) => {
-                            let refusal = format!("redirect to {} refused: {why}", attempt.url());
-                            attempt.error(refusal)
+            let builder = match guard.clone() {
+                Some(RedirectGuard(check)) => {
+                    builder.redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                        if attempt.previous().len() >= 10 {
+                            return attempt.error("too many redirects");
                         }
-                    }
-                }));
-            }
-            builder
+                        match check(attempt.url()) {
+                            Ok(()) => attempt.follow(),
+                            Err(why) => {
+                                let refusal =
+                                    format!("redirect to {} refused: {why}", attempt.url());
+                                attempt.error(refusal)
+                            }
+                        }
+                    }))
+                }
+                None => builder,
+            };
+            super::tls::with_roots(builder, &roots)
                 .build()
                 .map_err(|e| RegistryError::Config(format!("cannot build HTTP client: {e}")))
         };
-        let plain_hosts = options.endpoints.insecure_hosts.clone();
-        let (verified, unverified) = (build(false)?, build(true)?);
-        let mut authorizer = Authorizer::new(
-            options.credentials,
-            plain_hosts,
-            options.endpoints.plain_http,
-            oci_roots,
-        );
+        let verified = build(false)?;
+        let unverified = build(true)?;
+        let mut authorizer =
+            Authorizer::new(options.credentials, verified.clone(), unverified.clone());
         if let Some(guard) = guard {
-            authorizer = authorizer.with_realm_check(guard, verified.clone(), unverified.clone());
+            authorizer = authorizer.with_realm_check(guard);
         }
         Ok(RegistryClient {
+            authorizer,
             verified,
             unverified,
-            authorizer,
             policy: options.endpoints,
             max_attempts: options.max_attempts.max(1),
             transfer: options.transfer,
@@ -524,6 +516,7 @@ impl RegistryClient {
         what: &str,
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> Result<Response, RegistryError> {
+        super::tls::require_roots(endpoint, self.anonymous_options.ca_file.is_some())?;
         let http = if endpoint.insecure {
             &self.unverified
         } else {

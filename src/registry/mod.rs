@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod endpoint;
 mod error;
 mod retry;
+mod tls;
 mod transfer;
 
 pub use client::{

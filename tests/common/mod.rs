@@ -38,6 +38,8 @@ pub struct Registry {
     port: u16,
     child: Option<Child>,
     credentials: Option<(String, String)>,
+    /// The CA that signed the registry's TLS certificate ([`Registry::start_tls`]).
+    tls_ca: Option<PathBuf>,
 }
 
 /// One `GET /v2/<repo>/blobs/<digest>` as recorded in the registry log.
@@ -68,7 +70,24 @@ impl Registry {
         Self::start_inner(Some((user.to_string(), pass.to_string())))
     }
 
+    /// Start an anonymous registry serving HTTPS on a free loopback port, with a certificate
+    /// for 127.0.0.1 signed by a fresh CA ([`Registry::tls_ca`]; `openssl` makes both).
+    #[allow(dead_code)]
+    pub fn start_tls() -> Registry {
+        Self::start_with(None, true)
+    }
+
+    /// The PEM file of the CA that signed this registry's certificate (TLS registries only).
+    #[allow(dead_code)]
+    pub fn tls_ca(&self) -> &Path {
+        self.tls_ca.as_deref().expect("not a TLS registry")
+    }
+
     fn start_inner(credentials: Option<(String, String)>) -> Registry {
+        Self::start_with(credentials, false)
+    }
+
+    fn start_with(credentials: Option<(String, String)>, tls: bool) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("tugboat-registry-")
             .tempdir()
@@ -91,6 +110,17 @@ impl Registry {
                 htpasswd.display()
             );
         }
+        let mut tls_ca = None;
+        let mut tls_config = String::new();
+        if tls {
+            let (ca, cert, key) = make_tls_certificate(dir.path());
+            tls_config = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            );
+            tls_ca = Some(ca);
+        }
         // No `storage.cache` section: the registry stats the blob file on every request,
         // so tests that corrupt or truncate stored blobs see their change served.
         let config = format!(
@@ -98,7 +128,7 @@ impl Registry {
              log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n\
              http:\n  addr: 127.0.0.1:{port}\n  secret: tugboat-test-secret\n\
-             {auth}",
+             {tls_config}{auth}",
             root = root.display(),
         );
         fs::write(dir.path().join("config.yml"), config).unwrap();
@@ -108,6 +138,7 @@ impl Registry {
             port,
             child: None,
             credentials,
+            tls_ca,
         };
         registry.spawn();
         registry
@@ -140,6 +171,8 @@ impl Registry {
         loop {
             match agent.get(&url).call() {
                 Ok(_) | Err(ureq::Error::Status(401, _)) => return,
+                // plain HTTP to a TLS listener: it answers 400, so it is up
+                Err(ureq::Error::Status(400, _)) if self.tls_ca.is_some() => return,
                 Err(_) => {}
             }
             if let Some(child) = self.child.as_mut() {
@@ -401,6 +434,73 @@ fn parse_logfmt(line: &str) -> Vec<(String, String)> {
         out.push((key, value));
     }
     out
+}
+
+/// A CA and a server certificate for 127.0.0.1 it signed, made with `openssl` in `dir`:
+/// returns (CA PEM, certificate PEM, key PEM).
+fn make_tls_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl (apt-get install openssl)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tugboat test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
 }
 
 // ---------------------------------------------------------------------------------------
