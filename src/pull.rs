@@ -34,9 +34,6 @@ pub enum PullPolicy {
     Never,
 }
 
-/// Downloads retried (resumed) after a transient failure mid-body.
-const BODY_ATTEMPTS: u32 = 6;
-
 #[derive(Clone, Debug)]
 pub struct PullRequest {
     pub reference: Reference,
@@ -731,8 +728,10 @@ async fn download_with_resume(
     fetched: &mut u64,
 ) -> Result<(), PullError> {
     let digest = &blob.digest;
-    let mut attempt = 1;
+    // One budget for the whole blob: every resume draws from it; progress restarts its clock.
+    let mut backoff = registry.retry_policy().backoff();
     loop {
+        let before = writer.offset();
         // Every byte is here (a kill between the last byte and the rename, or a body error
         // after the last byte): nothing to fetch, the commit verifies them.
         if writer.offset() == blob.size {
@@ -744,7 +743,7 @@ async fn download_with_resume(
             Ok(()) => RegistryError::Network {
                 registry: source.reference.registry().to_string(),
                 what: format!("blob {digest}"),
-                attempts: attempt,
+                attempts: backoff.attempt(),
                 detail: format!(
                     "the body ended after {} of {} bytes",
                     writer.offset(),
@@ -766,13 +765,15 @@ async fn download_with_resume(
                 return Err(e);
             }
         };
-        if attempt >= BODY_ATTEMPTS {
+        if writer.offset() > before {
+            backoff.progressed();
+        }
+        let Some(delay) = backoff.next_delay(None) else {
             writer.abandon_keeping_partial().await;
             return Err(error.into());
-        }
+        };
         tracing::warn!(%digest, offset = writer.offset(), %error, "download interrupted; resuming");
-        tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(attempt))).await;
-        attempt += 1;
+        tokio::time::sleep(delay).await;
     }
 }
 

@@ -12,7 +12,7 @@ use crate::digest::Digest;
 use crate::metrics::Metrics;
 use crate::progress::Progress;
 use crate::pull::{self, PullReport, PullRequest};
-use crate::registry::{RegistryClient, RegistryOptions};
+use crate::registry::RegistryClient;
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
@@ -35,7 +35,8 @@ type PullOutcome = Result<Arc<PullReport>, Status>;
 
 pub struct Volumes {
     cache: Cache,
-    registry: RegistryOptions,
+    /// The daemon's one client; each publish takes a view of it with the pod's credentials.
+    registry: RegistryClient,
     flights: Flights<FlightKey, PullOutcome>,
     busy: Arc<Mutex<HashSet<String>>>,
     metrics: Arc<Metrics>,
@@ -48,7 +49,7 @@ pub struct VolumeUsage {
 }
 
 impl Volumes {
-    pub fn new(cache: Cache, registry: RegistryOptions) -> Self {
+    pub fn new(cache: Cache, registry: RegistryClient) -> Self {
         Volumes {
             cache,
             registry,
@@ -184,12 +185,9 @@ impl Volumes {
     /// reference with the same secret. A caller that gives up (kubelet's deadline) leaves the
     /// pull running; the retried call joins it.
     async fn ensure_model(&self, request: &Publish) -> Result<Arc<PullReport>, Status> {
-        let mut options = self.registry.clone();
-        secrets::apply(
-            &request.secrets,
-            &request.reference,
-            &mut options.credentials,
-        )?;
+        let mut credentials = self.registry.credentials().clone();
+        secrets::apply(&request.secrets, &request.reference, &mut credentials)?;
+        let client = self.registry.with_credentials(credentials);
         let key = (
             request.reference.to_string(),
             format!("{:?}", request.policy),
@@ -207,8 +205,6 @@ impl Volumes {
         };
         let metrics = self.metrics.clone();
         let work = move || async move {
-            let client = RegistryClient::new(options)
-                .map_err(|e| Status::failed_precondition(format!("registry options: {e}")))?;
             let started = std::time::Instant::now();
             metrics.pulls_in_flight.inc();
             let result = pull::pull(&pull_request, &client, &Progress::hidden()).await;

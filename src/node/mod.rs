@@ -102,9 +102,11 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
             stopped_future(stopped.clone()),
         )));
     }
-    let volumes = Arc::new(
-        Volumes::new(cache.clone(), config.registry.clone()).with_metrics(metrics.clone()),
-    );
+    // One registry client for the daemon's lifetime: one connection pool and one token cache
+    // for every publish and the warm loop; each request brings its own credentials.
+    let registry = RegistryClient::new(config.registry.clone())?;
+    let volumes =
+        Arc::new(Volumes::new(cache.clone(), registry.clone()).with_metrics(metrics.clone()));
     let listener = socket::bind(&path, config.socket_mode)?;
 
     let reconciled = reconcile(&volumes);
@@ -122,7 +124,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
             file: file.clone(),
             node_labels: config.node_labels.clone(),
             cache: config.cache.clone(),
-            registry: Arc::new(RegistryClient::new(config.registry.clone())?),
+            registry: Arc::new(registry),
             concurrency: 4,
             metrics: metrics.clone(),
             shared: warm.clone(),

@@ -305,6 +305,15 @@ impl Drop for Registry {
     }
 }
 
+/// Says that a test cannot run here and why. Where `CI` is set (as `.ci/run` sets it) a test
+/// that cannot run fails instead: CI must never report a skipped test as passed.
+pub fn skip(reason: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("cannot run with CI set: {reason}");
+    }
+    eprintln!("SKIP: {reason}");
+}
+
 /// Bind 127.0.0.1:0, note the port, release it.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
