@@ -10,20 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use tugboat::artifact::Format;
+use tugboat::errors::{Classify, FailureKind};
 use tugboat::progress::Progress;
-use tugboat::pull::{FailureKind, PullPolicy, PullRequest};
+use tugboat::pull::{PullPolicy, PullRequest};
 use tugboat::reference::Reference;
 use tugboat::registry::{CredentialStore, EndpointPolicy, RegistryClient, RegistryOptions};
-
-/// Exit codes scripts can rely on.
-pub mod exit {
-    pub const OTHER: u8 = 1;
-    pub const USAGE: u8 = 2;
-    pub const REFUSED: u8 = 3;
-    pub const NETWORK: u8 = 4;
-    pub const INTEGRITY: u8 = 5;
-    pub const STORAGE: u8 = 6;
-}
 
 #[derive(Parser)]
 #[command(
@@ -33,8 +24,9 @@ pub mod exit {
     long_about = "Bring AI models from OCI registries (Harbor, distribution, any OCI registry) onto \
 Kubernetes nodes, verified byte for byte.\n\n\
 Typical init container:\n  tugboat pull harbor.example.com/ml-models/tinyllama:v1.0.0-gguf --dest /models\n\n\
-Exit codes: 0 ok, 2 bad usage or reference, 3 refused by the registry (not found, auth), \
-4 network, 5 integrity (digest or size mismatch), 6 local storage (disk full, permissions), 1 other."
+Exit codes (every command): 0 ok, 2 bad usage, reference or artifact, 3 refused by the registry \
+(not found, authentication, permission), 4 network, 5 integrity (digest or size mismatch), \
+6 local storage (disk full, permissions), 7 signature policy, 1 other."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -228,9 +220,9 @@ impl RegistryArgs {
             .iter()
             .map(|m| EndpointPolicy::parse_mirror(m))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Failure::new(exit::USAGE, e.into()))?;
+            .map_err(|e| Failure::new(FailureKind::Input, e.into()))?;
         let credentials = CredentialStore::load(self.docker_config.as_deref())
-            .map_err(|e| Failure::new(exit::USAGE, e.into()))?;
+            .map_err(|e| Failure::new(FailureKind::Input, e.into()))?;
         Ok(RegistryOptions {
             endpoints: EndpointPolicy {
                 plain_http: self.plain_http,
@@ -249,25 +241,36 @@ impl RegistryArgs {
     }
 
     fn client(&self) -> Result<RegistryClient, Failure> {
-        RegistryClient::new(self.options()?).map_err(|e| Failure::new(exit::USAGE, e.into()))
+        RegistryClient::new(self.options()?).map_err(Failure::classified)
     }
 }
 
-/// An error with the exit code it maps to.
+/// An error with the exit code its kind maps to (see `tugboat::errors`).
 pub struct Failure {
     pub code: u8,
     pub error: anyhow::Error,
 }
 
 impl Failure {
-    fn new(code: u8, error: anyhow::Error) -> Self {
-        Failure { code, error }
+    fn new(kind: FailureKind, error: anyhow::Error) -> Self {
+        Failure {
+            code: kind.exit_code(),
+            error,
+        }
+    }
+
+    /// A library error, with the exit code the one classifier gives its kind.
+    fn classified<E>(error: E) -> Self
+    where
+        E: Classify + std::error::Error + Send + Sync + 'static,
+    {
+        Failure::new(error.kind(), error.into())
     }
 }
 
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Self {
-        Failure::new(exit::OTHER, error)
+        Failure::new(FailureKind::Other, error)
     }
 }
 
@@ -309,7 +312,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
 
 fn parse_reference(text: &str) -> Result<Reference, Failure> {
     text.parse::<Reference>()
-        .map_err(|e| Failure::new(exit::USAGE, e.into()))
+        .map_err(|e| Failure::new(FailureKind::Input, e.into()))
 }
 
 async fn pull(args: PullArgs) -> Result<(), Failure> {
@@ -328,16 +331,7 @@ async fn pull(args: PullArgs) -> Result<(), Failure> {
     let progress = Progress::for_terminal(args.json);
     let report = tugboat::pull::pull(&request, &client, &progress)
         .await
-        .map_err(|e| {
-            let code = match e.kind() {
-                FailureKind::Refused => exit::REFUSED,
-                FailureKind::Network => exit::NETWORK,
-                FailureKind::Integrity => exit::INTEGRITY,
-                FailureKind::Storage => exit::STORAGE,
-                FailureKind::Input => exit::USAGE,
-            };
-            Failure::new(code, e.into())
-        })?;
+        .map_err(Failure::classified)?;
     if let (Some(max_size), Some(snapshot)) = (args.cache_max_size, &report.snapshot) {
         collect_after_pull(snapshot, max_size)?;
     }
@@ -372,7 +366,7 @@ async fn pull(args: PullArgs) -> Result<(), Failure> {
 
 /// Keeps a shared cache under `max_size` after a pull, sparing the model just pulled.
 fn collect_after_pull(snapshot: &std::path::Path, max_size: u64) -> Result<(), Failure> {
-    let storage = |e: tugboat::cache::CacheError| Failure::new(exit::STORAGE, e.into());
+    let storage = Failure::classified::<tugboat::cache::CacheError>;
     let root = snapshot
         .parent()
         .and_then(|snapshots| snapshots.parent())
@@ -400,7 +394,7 @@ async fn push(args: PushArgs) -> Result<(), Failure> {
     let reference = parse_reference(&args.reference)?;
     if reference.tag().is_none() || reference.digest().is_some() {
         return Err(Failure::new(
-            exit::USAGE,
+            FailureKind::Input,
             anyhow::anyhow!("push needs a tag and no digest: registry/repository:tag"),
         ));
     }
@@ -408,7 +402,7 @@ async fn push(args: PushArgs) -> Result<(), Failure> {
     for pair in &args.annotations {
         let (key, value) = pair.split_once('=').ok_or_else(|| {
             Failure::new(
-                exit::USAGE,
+                FailureKind::Input,
                 anyhow::anyhow!("--annotation {pair:?}: expected KEY=VALUE"),
             )
         })?;
@@ -422,14 +416,7 @@ async fn push(args: PushArgs) -> Result<(), Failure> {
     };
     let report = tugboat::push::push(&client, &args.dir, &reference, &options)
         .await
-        .map_err(|e| {
-            let code = match &e {
-                tugboat::push::PushError::Registry(r) if r.is_refusal() => exit::REFUSED,
-                tugboat::push::PushError::Registry(_) => exit::NETWORK,
-                _ => exit::STORAGE,
-            };
-            Failure::new(code, e.into())
-        })?;
+        .map_err(Failure::classified)?;
     if args.json {
         println!(
             "{}",

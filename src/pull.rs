@@ -133,46 +133,12 @@ pub enum PullError {
     PrivateOffline { reference: String },
 }
 
-/// How a failure is reported to scripts (exit codes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailureKind {
-    /// The registry refused: not found, unauthorized, forbidden.
-    Refused,
-    /// The registry could not be reached or kept failing.
-    Network,
-    /// Bytes did not match their digest or size.
-    Integrity,
-    /// Local disk trouble: full, read-only, permissions.
-    Storage,
-    /// The request itself is wrong (bad input, unsupported artifact).
-    Input,
-}
+pub use crate::errors::FailureKind;
 
 impl PullError {
+    /// This failure's kind (see [`crate::errors`]): its exit code and gRPC code.
     pub fn kind(&self) -> FailureKind {
-        match self {
-            PullError::Registry(e) if e.is_refusal() => FailureKind::Refused,
-            PullError::Registry(RegistryError::Config(_)) => FailureKind::Input,
-            PullError::Registry(RegistryError::Protocol { .. }) => FailureKind::Integrity,
-            PullError::Registry(_) => FailureKind::Network,
-            PullError::Cache(e) if e.is_integrity() => FailureKind::Integrity,
-            PullError::Cache(_) | PullError::NoSpace { .. } => FailureKind::Storage,
-            PullError::Materialize(MaterializeError::Cache(e)) if e.is_integrity() => {
-                FailureKind::Integrity
-            }
-            PullError::Materialize(MaterializeError::Cache(_)) => FailureKind::Storage,
-            PullError::Materialize(_) => FailureKind::Input,
-            PullError::ManifestMismatch { .. } | PullError::Truncated { .. } => {
-                FailureKind::Integrity
-            }
-            PullError::Artifact { .. } => FailureKind::Integrity,
-            PullError::NotCached { .. } => FailureKind::Refused,
-            PullError::NoTarget => FailureKind::Input,
-            PullError::PrivateDenied { source, .. } if !source.is_refusal() => FailureKind::Network,
-            PullError::PrivateDenied { .. } | PullError::PrivateOffline { .. } => {
-                FailureKind::Refused
-            }
-        }
+        <Self as crate::errors::Classify>::kind(self)
     }
 }
 

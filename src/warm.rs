@@ -90,6 +90,8 @@ pub struct WarmStatus {
     pub bytes_reused: u64,
     pub seconds: f64,
     pub error: Option<String>,
+    /// The failure's kind (the same as `tugboat pull` of this entry would report).
+    pub kind: Option<crate::errors::FailureKind>,
 }
 
 impl WarmList {
@@ -143,6 +145,7 @@ pub async fn warm_once(
             bytes_reused: 0,
             seconds: 0.0,
             error: None,
+            kind: None,
         };
         if !entry.selects(node_labels) {
             statuses.push(status);
@@ -174,6 +177,7 @@ pub async fn warm_once(
                 tracing::warn!(reference = %entry.reference, error = %e, "warming failed; the next pass retries");
                 status.state = WarmState::Failed;
                 status.error = Some(e.to_string());
+                status.kind = Some(e.kind());
             }
         }
         statuses.push(status);

@@ -1,9 +1,10 @@
 //! The `warm` subcommand: one pass over a warm list (for a Job or a CronJob).
 
-use super::{exit, Failure, RegistryArgs};
+use super::{Failure, RegistryArgs};
 use clap::Args;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use tugboat::errors::FailureKind;
 use tugboat::warm::{parse_labels, warm_once, WarmList, WarmState};
 
 #[derive(Args)]
@@ -27,7 +28,7 @@ pub struct WarmArgs {
 }
 
 pub async fn run(args: WarmArgs) -> Result<(), Failure> {
-    let list = WarmList::load(&args.file).map_err(|e| Failure::new(exit::USAGE, e.into()))?;
+    let list = WarmList::load(&args.file).map_err(Failure::classified)?;
     let client = args.registry.client()?;
     let statuses = warm_once(
         &list,
@@ -56,13 +57,15 @@ pub async fn run(args: WarmArgs) -> Result<(), Failure> {
             );
         }
     }
-    let failed = statuses
+    let failed: Vec<_> = statuses
         .iter()
         .filter(|s| s.state == WarmState::Failed)
-        .count();
-    if failed > 0 {
+        .collect();
+    if let Some(first) = failed.first() {
+        // The exit code of the first failure's kind, as `tugboat pull` of it would exit.
+        let failed = failed.len();
         return Err(Failure::new(
-            exit::OTHER,
+            first.kind.unwrap_or(FailureKind::Other),
             anyhow::anyhow!(
                 "{failed} of {} model(s) could not be warmed",
                 statuses.len()
