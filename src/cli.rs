@@ -94,6 +94,12 @@ struct PullArgs {
     /// Re-hash the files a destination or cache already holds before trusting them.
     #[arg(long, env = "TUGBOAT_VERIFY")]
     verify: bool,
+    /// How --dest files are made from the cache's: `copy` (a reflink where the filesystem
+    /// supports it, else a copy; the consumer owns its files) or `hard` (hard links into the
+    /// cache: fast everywhere, but a consumer running as root can change the cache's bytes for
+    /// every other user).
+    #[arg(long, env = "TUGBOAT_DEST_LINK", default_value = "copy")]
+    link: tugboat::materialize::DestLink,
     /// Packaging format; detected from the manifest when not given.
     #[arg(long, env = "TUGBOAT_FORMAT", default_value = "auto")]
     format: FormatChoice,
@@ -327,6 +333,7 @@ async fn pull(args: PullArgs) -> Result<(), Failure> {
         concurrency: args.concurrency,
         format: args.format.forced(),
         layout: args.limits.layout(&args.select)?,
+        dest_link: args.link,
     };
     let progress = Progress::for_terminal(args.json);
     let report = tugboat::pull::pull(&request, &client, &progress)

@@ -45,6 +45,8 @@ pub struct PullRequest {
     pub format: Option<Format>,
     /// What part of the model to take, and how far its archives may expand.
     pub layout: Layout,
+    /// How `dest` files are made from the cache's (copies unless hard links are asked for).
+    pub dest_link: materialize::DestLink,
 }
 
 /// `--subpath`/`--include`/`--exclude`/`--only` and the unpacking limits of one pull.
@@ -218,9 +220,9 @@ pub async fn pull(
             snapshot: (snapshot_id != manifest_digest).then(|| snapshot_id.clone()),
         };
         let (snapshot, files) = (snapshot_dir.clone(), info.files.clone());
-        let dest_owned = dest.clone();
+        let (dest_owned, how) = (dest.clone(), request.dest_link);
         tokio::task::spawn_blocking(move || {
-            materialize::install(&snapshot, &files, &dest_owned, &stamp)
+            materialize::install(&snapshot, &files, &dest_owned, &stamp, how)
         })
         .await
         .expect("install task panicked")?;

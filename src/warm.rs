@@ -161,6 +161,7 @@ pub async fn warm_once(
             concurrency,
             format: None,
             layout: Default::default(),
+            dest_link: Default::default(),
         };
         let started = std::time::Instant::now();
         let result = pull(&request, registry, &Progress::hidden()).await;

@@ -776,3 +776,56 @@ fn cache_ls_lists_pulled_model() {
         "cache ls --json should include {digest}: {text}"
     );
 }
+
+// --- dest files are the consumer's own ---------------------------------------------------
+
+/// A consumer running as root that makes a `--dest` file writable and overwrites it changes
+/// its own copy only: the cache's blob, other destinations and `cache verify` are untouched.
+/// With `--link hard` (opt-in) the file is the cache's inode, which is the documented risk.
+#[test]
+fn a_root_write_in_dest_leaves_the_cache_untouched() {
+    if !nix::unistd::geteuid().is_root() {
+        skip("the dest-isolation test writes as root (root ignores file modes)");
+        return;
+    }
+    let reg = Registry::start();
+    let (_, files) = push_small_model(&reg, "models/iso", "v1");
+    let work = tmp();
+    let cache = work.path().join("cache");
+    let (dest, other) = (work.path().join("dest"), work.path().join("other"));
+    let reference = reg.reference("models/iso:v1");
+    pull(&reference, &dest, Some(&cache), &[]).assert_ok("pull");
+    pull(&reference, &other, Some(&cache), &[]).assert_ok("second pull");
+    let weights = hex(&sha256_bytes(&files[0].1)).to_string();
+    let blob = cache.join("blobs/sha256").join(&weights);
+
+    let file = dest.join("model.gguf");
+    assert_ne!(
+        fs::metadata(&file).unwrap().ino(),
+        fs::metadata(&blob).unwrap().ino(),
+        "a dest file must not be the cache's inode"
+    );
+    // What a root consumer can do to any file it can see.
+    let mut perms = fs::metadata(&file).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    fs::set_permissions(&file, perms).unwrap();
+    fs::write(&file, b"tampered").unwrap();
+
+    assert_eq!(
+        sha256_file(&blob),
+        format!("sha256:{weights}"),
+        "cache blob changed"
+    );
+    assert_files_eq(&other, &files);
+    let mut verify = tugboat();
+    verify.args(["cache", "verify", "--cache"]).arg(&cache);
+    run(&mut verify, Duration::from_secs(60)).assert_ok("cache verify after the write");
+
+    // `--link hard` shares the cache's inode (fast, for consumers that cannot write it).
+    let hard = work.path().join("hard");
+    pull(&reference, &hard, Some(&cache), &["--link", "hard"]).assert_ok("pull --link hard");
+    assert_eq!(
+        fs::metadata(hard.join("model.gguf")).unwrap().ino(),
+        fs::metadata(&blob).unwrap().ino()
+    );
+}

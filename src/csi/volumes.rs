@@ -202,6 +202,7 @@ impl Volumes {
             concurrency: 4,
             format: None,
             layout: Default::default(),
+            dest_link: Default::default(),
         };
         let metrics = self.metrics.clone();
         let work = move || async move {
