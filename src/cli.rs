@@ -37,6 +37,11 @@ pub struct Cli {
     /// Log lines as JSON objects instead of text.
     #[arg(long, global = true, env = "TUGBOAT_LOG_JSON")]
     log_json: bool,
+    /// Only check the command line: parse the flags and TUGBOAT_* variables, then exit 0 (2
+    /// when they are refused) without running anything. A flag only, never read from the
+    /// environment, so no pod env can turn a pull into a no-op.
+    #[arg(long, global = true)]
+    pub check_args: bool,
 }
 
 #[derive(Subcommand)]

@@ -384,7 +384,7 @@ async fn resolve_digest(
         return Ok(digest.clone());
     }
     if policy != PullPolicy::Always {
-        if let Some(digest) = cache.tag(reference)? {
+        if let Some(digest) = cache.tag(&tag_key(reference))? {
             if cache.manifest(&digest)?.is_some() {
                 return Ok(digest);
             }
@@ -392,8 +392,17 @@ async fn resolve_digest(
     }
     let fetched = source.manifest(reference).await?;
     let digest = cache.store_manifest(&fetched.bytes)?;
-    cache.store_tag(reference, &digest)?;
+    cache.store_tag(&tag_key(reference), &digest)?;
     Ok(digest)
+}
+
+/// What the cache remembers a tag reference's resolution under.
+pub fn tag_key(reference: &Reference) -> crate::cache::TagKey<'_> {
+    crate::cache::TagKey {
+        registry: reference.registry(),
+        repository: reference.repository(),
+        tag: reference.tag_or_latest(),
+    }
 }
 
 /// Reads (cache first) the manifest `digest` names; an index resolves to one of its manifests.

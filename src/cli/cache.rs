@@ -238,7 +238,9 @@ fn rm(cache: &Cache, text: &str) -> Result<(), Failure> {
         })?;
     let digest = match reference.digest() {
         Some(digest) => Some(digest.clone()),
-        None => cache.tag(&reference).map_err(storage)?,
+        None => cache
+            .tag(&tugboat::pull::tag_key(&reference))
+            .map_err(storage)?,
     };
     let inventory = cache.inventory().map_err(storage)?;
     let targets: Vec<_> = inventory
@@ -272,7 +274,9 @@ fn rm(cache: &Cache, text: &str) -> Result<(), Failure> {
             .map_err(storage)?;
         println!("removed {} ({})", target.info.reference, target.info.digest);
     }
-    cache.forget_tag(&reference).map_err(storage)?;
+    cache
+        .forget_tag(&tugboat::pull::tag_key(&reference))
+        .map_err(storage)?;
     // Blobs no remaining model uses go too (grace 0: the user asked for this).
     let report = cache
         .gc(&GcPolicy {

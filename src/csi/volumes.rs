@@ -210,7 +210,11 @@ impl Volumes {
             metrics.pulls_in_flight.inc();
             let result = pull::pull(&pull_request, &client, &Progress::hidden()).await;
             metrics.pulls_in_flight.dec();
-            metrics.record_pull("csi", &result, started.elapsed().as_secs_f64());
+            let figures = result
+                .as_ref()
+                .ok()
+                .map(|r| (r.bytes_fetched, r.bytes_reused));
+            metrics.record_pull_figures("csi", figures, started.elapsed().as_secs_f64());
             result.map(Arc::new).map_err(|e| status::from_pull(&e))
         };
         let (outcome, started) = self

@@ -73,6 +73,9 @@ struct Shared {
     policy: EndpointPolicy,
     retry: RetryPolicy,
     transfer: super::TransferOptions,
+    /// (credential fingerprint or "" for anonymous, reference) -> when the origin last served
+    /// or confirmed it to those credentials.
+    readable: std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
 }
 
 impl RegistryClient {
@@ -127,6 +130,7 @@ impl RegistryClient {
                 policy: options.endpoints,
                 retry: RetryPolicy::new(options.max_attempts),
                 transfer: options.transfer,
+                readable: Default::default(),
             }),
             credentials: options.credentials,
         })
@@ -171,6 +175,36 @@ impl RegistryClient {
     /// The credentials this client sends to `registry`, if any.
     pub fn credentials_for(&self, registry: &str) -> Option<&super::Credentials> {
         self.credentials.lookup(registry)
+    }
+
+    fn readable_key(&self, reference: &Reference) -> (String, String) {
+        let who = self
+            .credentials_for(reference.registry())
+            .map(|c| c.fingerprint())
+            .unwrap_or_default();
+        (who, reference.to_string())
+    }
+
+    /// Notes that the origin just served `reference` to this view's credentials.
+    pub fn note_readable(&self, reference: &Reference, ttl: Duration) {
+        let mut memo = self
+            .shared
+            .readable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        memo.retain(|_, at| at.elapsed() < ttl);
+        memo.insert(self.readable_key(reference), std::time::Instant::now());
+    }
+
+    /// Whether the origin served or confirmed `reference` to these credentials within `ttl`.
+    pub fn readable_recently(&self, reference: &Reference, ttl: Duration) -> bool {
+        let memo = self
+            .shared
+            .readable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        memo.get(&self.readable_key(reference))
+            .is_some_and(|at| at.elapsed() < ttl)
     }
 
     /// Whether the origin registry lets this client read a manifest: a HEAD sent to the
