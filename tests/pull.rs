@@ -674,6 +674,22 @@ fn registry_down_exits_4() {
     );
 }
 
+/// Only the `--check-args` flag skips the work: no environment variable in a pod can turn a
+/// pull into a no-op that exits 0.
+#[test]
+fn only_the_check_args_flag_skips_the_pull() {
+    let port = free_port();
+    let work = tmp();
+    let reference = format!("127.0.0.1:{port}/models/tiny:v1");
+    let dest = work.path().join("dest");
+    let mut cmd = pull_cmd(&reference, &dest, None, &[]);
+    cmd.env("TUGBOAT_CHECK_ARGS", "1");
+    run(&mut cmd, Duration::from_secs(120)).assert_code(4, "the env var is ignored");
+    pull(&reference, &dest, None, &["--check-args"]).assert_ok("--check-args");
+    pull(&reference, &dest, None, &["--check-args", "--no-such-flag"])
+        .assert_code(2, "--check-args still parses");
+}
+
 // --- 11. --json -------------------------------------------------------------------------
 
 #[test]

@@ -60,13 +60,8 @@ impl Authorizer {
             Challenge::None => Ok(None),
             Challenge::Basic => Ok(credentials.map(basic_header)),
             Challenge::Bearer { realm, service } => {
-                let scope = if push { "pull,push" } else { "pull" };
-                let key = (
-                    endpoint.host.clone(),
-                    repository.to_string(),
-                    scope,
-                    credentials.map(|c| c.fingerprint()).unwrap_or_default(),
-                );
+                let key = token_key(endpoint, repository, push, credentials);
+                let scope = key.2;
                 if let Some((header, until)) = self.tokens.lock().await.get(&key) {
                     if Instant::now() < *until {
                         return Ok(Some(header.clone()));
@@ -102,13 +97,7 @@ impl Authorizer {
         push: bool,
         credentials: Option<&Credentials>,
     ) {
-        let scope = if push { "pull,push" } else { "pull" };
-        let key = (
-            endpoint.host.clone(),
-            repository.to_string(),
-            scope,
-            credentials.map(|c| c.fingerprint()).unwrap_or_default(),
-        );
+        let key = token_key(endpoint, repository, push, credentials);
         self.tokens.lock().await.remove(&key);
         self.challenges.lock().await.remove(&endpoint.host);
     }
@@ -254,6 +243,21 @@ impl Authorizer {
             .unwrap_or(DEFAULT_TOKEN_LIFETIME);
         Ok((token, lifetime))
     }
+}
+
+/// What a token is cached under: one per registry, repository, scope and credential.
+fn token_key(
+    endpoint: &Endpoint,
+    repository: &str,
+    push: bool,
+    credentials: Option<&Credentials>,
+) -> TokenKey {
+    (
+        endpoint.host.clone(),
+        repository.to_string(),
+        if push { "pull,push" } else { "pull" },
+        credentials.map(|c| c.fingerprint()).unwrap_or_default(),
+    )
 }
 
 /// Parses `Basic realm=".."` or `Bearer realm="..",service="..",scope=".."`.
