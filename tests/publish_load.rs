@@ -24,6 +24,7 @@ struct Figures {
     connections: usize,
     requests: usize,
     auth_requests: usize,
+    token_requests: usize,
     latencies: Vec<Duration>,
     rss_kib: u64,
 }
@@ -42,10 +43,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
-/// Publishes `count` volumes of one private model on a node whose cache already has it.
-async fn warm_publishes(count: usize, policy: &str) -> Figures {
+/// Publishes `count` volumes of one private model on a node whose cache already has it, from
+/// a registry with basic auth (htpasswd) or bearer tokens (`token`).
+async fn warm_publishes(count: usize, policy: &str, token: bool) -> Figures {
     let (user, pass) = ("robot$ml", "s3cret-Pa55");
-    let reg = Registry::start_with_htpasswd(user, pass);
+    let reg = if token {
+        Registry::start_with_token(user, pass)
+    } else {
+        Registry::start_with_htpasswd(user, pass)
+    };
     let proxy = CountingProxy::start(&reg.host());
     let ws = Workspace::new();
     let src = ws.dir.path().join("model");
@@ -76,6 +82,7 @@ async fn warm_publishes(count: usize, policy: &str) -> Figures {
     node.node_publish_volume(request("warm-up")).await.unwrap();
     let (connections, requests) = (proxy.connections(), proxy.requests().len());
     let auth = proxy.auth_requests();
+    let tokens = reg.token_requests();
 
     let mut latencies = Vec::new();
     for i in 0..count {
@@ -88,6 +95,7 @@ async fn warm_publishes(count: usize, policy: &str) -> Figures {
         connections: proxy.connections() - connections,
         requests: proxy.requests().len() - requests,
         auth_requests: proxy.auth_requests() - auth,
+        token_requests: reg.token_requests() - tokens,
         latencies,
         rss_kib: rss_kib(daemon.pid()),
     };
@@ -106,11 +114,12 @@ async fn warm_publishes(count: usize, policy: &str) -> Figures {
 fn report(label: &str, count: usize, figures: &mut Figures) {
     figures.latencies.sort();
     println!(
-        "{label}: {count} warm publishes: {} connections opened, {} requests, {} auth round trips; \
-         latency p50 {:.1} ms, p99 {:.1} ms; daemon RSS {} KiB with {count} volumes published",
+        "{label}: {count} warm publishes: {} connections opened, {} requests, {} auth round trips, \
+         {} token requests; latency p50 {:.1} ms, p99 {:.1} ms; daemon RSS {} KiB with {count} volumes published",
         figures.connections,
         figures.requests,
         figures.auth_requests,
+        figures.token_requests,
         percentile(&figures.latencies, 0.50).as_secs_f64() * 1e3,
         percentile(&figures.latencies, 0.99).as_secs_f64() * 1e3,
         figures.rss_kib,
@@ -125,12 +134,14 @@ async fn publish_load_figures() {
     if !can_mount() {
         return;
     }
-    for policy in ["IfNotPresent", "Always"] {
-        let mut figures = warm_publishes(50, policy).await;
-        report(policy, 50, &mut figures);
+    for (auth, token) in [("htpasswd", false), ("token", true)] {
+        for policy in ["IfNotPresent", "Always"] {
+            let mut figures = warm_publishes(50, policy, token).await;
+            report(&format!("{auth} {policy}"), 50, &mut figures);
+        }
     }
-    let mut figures = warm_publishes(200, "IfNotPresent").await;
-    report("IfNotPresent", 200, &mut figures);
+    let mut figures = warm_publishes(200, "IfNotPresent", false).await;
+    report("htpasswd IfNotPresent", 200, &mut figures);
 }
 
 /// Pods sharing one secret share the daemon's connections and its authentication: ten warm
@@ -141,13 +152,25 @@ async fn warm_publishes_share_one_pool_and_one_authentication() {
     if !can_mount() {
         return;
     }
-    let mut figures = warm_publishes(10, "Always").await;
-    report("Always", 10, &mut figures);
-    assert_eq!(figures.requests, 10, "one tag resolution per publish");
-    assert_eq!(figures.auth_requests, 0, "the challenge is learned once");
-    assert!(
-        figures.connections <= 1,
-        "{} connections opened for 10 publishes",
-        figures.connections
-    );
+    for (auth, token) in [("htpasswd", false), ("token", true)] {
+        let mut figures = warm_publishes(10, "Always", token).await;
+        report(&format!("{auth} Always"), 10, &mut figures);
+        assert_eq!(
+            figures.requests, 10,
+            "{auth}: one tag resolution per publish"
+        );
+        assert_eq!(
+            figures.auth_requests, 0,
+            "{auth}: the challenge is learned once"
+        );
+        assert_eq!(
+            figures.token_requests, 0,
+            "{auth}: one cached token serves every pod"
+        );
+        assert!(
+            figures.connections <= 1,
+            "{auth}: {} connections opened for 10 publishes",
+            figures.connections
+        );
+    }
 }

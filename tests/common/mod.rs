@@ -38,6 +38,8 @@ pub struct Registry {
     port: u16,
     child: Option<Child>,
     credentials: Option<(String, String)>,
+    /// The token server of a registry started with [`Registry::start_with_token`].
+    token_server: Option<Child>,
 }
 
 /// One `GET /v2/<repo>/blobs/<digest>` as recorded in the registry log.
@@ -60,15 +62,68 @@ pub struct LoggedRequest {
 impl Registry {
     /// Start an anonymous registry on a free loopback port.
     pub fn start() -> Registry {
-        Self::start_inner(None)
+        Self::start_inner(None, false)
     }
 
     /// Start a registry that requires HTTP basic auth (htpasswd, bcrypt) for everything.
     pub fn start_with_htpasswd(user: &str, pass: &str) -> Registry {
-        Self::start_inner(Some((user.to_string(), pass.to_string())))
+        Self::start_inner(Some((user.to_string(), pass.to_string())), false)
     }
 
-    fn start_inner(credentials: Option<(String, String)>) -> Registry {
+    /// Start a registry that requires bearer tokens (the flow Harbor and Docker Hub use) from
+    /// a token server (tests/common/token_server.py) that grants `user`/`pass` pull and push.
+    pub fn start_with_token(user: &str, pass: &str) -> Registry {
+        Self::start_inner(Some((user.to_string(), pass.to_string())), true)
+    }
+
+    /// Token requests the token server has answered (0 without one).
+    pub fn token_requests(&self) -> usize {
+        fs::read_to_string(self.dir.path().join("token.log"))
+            .map(|log| log.lines().count())
+            .unwrap_or(0)
+    }
+
+    /// Starts the token server; returns the registry config's `auth:` section.
+    fn start_token_server(&mut self, user: &str, pass: &str) -> String {
+        let dir = self.dir.path();
+        let (key, cert) = (dir.join("token-key.pem"), dir.join("token-cert.pem"));
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=tugboat-test-token-issuer", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("run openssl");
+        assert!(out.status.success(), "openssl: {out:?}");
+        let port = free_port();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/token_server.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(&key)
+            .arg(&cert)
+            .args(["tugboat-test-registry", user, pass])
+            .arg(dir.join("token.log"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn the token server (python3)");
+        self.token_server = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the token server did not start");
+            thread::sleep(Duration::from_millis(50));
+        }
+        fs::remove_file(dir.join("token.log")).ok();
+        format!(
+            "auth:\n  token:\n    realm: http://127.0.0.1:{port}/token\n    service: tugboat-test-registry\n    issuer: tugboat-test-issuer\n    rootcertbundle: {}\n",
+            cert.display()
+        )
+    }
+
+    fn start_inner(credentials: Option<(String, String)>, token: bool) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("tugboat-registry-")
             .tempdir()
@@ -77,8 +132,18 @@ impl Registry {
         let root = dir.path().join("storage");
         fs::create_dir_all(&root).unwrap();
 
+        let mut registry = Registry {
+            dir,
+            port,
+            child: None,
+            credentials: credentials.clone(),
+            token_server: None,
+        };
+        let dir = &registry.dir;
         let mut auth = String::new();
-        if let Some((user, pass)) = &credentials {
+        if let (true, Some((user, pass))) = (token, &credentials) {
+            auth = registry.start_token_server(user, pass);
+        } else if let Some((user, pass)) = &credentials {
             let out = Command::new("htpasswd")
                 .args(["-Bbn", user, pass])
                 .output()
@@ -101,14 +166,7 @@ impl Registry {
              {auth}",
             root = root.display(),
         );
-        fs::write(dir.path().join("config.yml"), config).unwrap();
-
-        let mut registry = Registry {
-            dir,
-            port,
-            child: None,
-            credentials,
-        };
+        fs::write(registry.dir.path().join("config.yml"), config).unwrap();
         registry.spawn();
         registry
     }
@@ -184,6 +242,13 @@ impl Registry {
     /// Kill the registry process (storage and log are kept).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn stop_token_server(&mut self) {
+        if let Some(mut child) = self.token_server.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -302,6 +367,7 @@ impl Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         self.stop();
+        self.stop_token_server();
     }
 }
 
