@@ -845,3 +845,58 @@ fn a_root_write_in_dest_leaves_the_cache_untouched() {
         fs::metadata(&blob).unwrap().ino()
     );
 }
+
+/// One failure, one exit code, whichever command meets it: a repository that does not exist
+/// (3) and a registry that cannot be reached (4) read the same in pull, inspect, warm and push.
+#[test]
+fn each_failure_class_has_one_exit_code_in_every_command() {
+    let reg = Registry::start();
+    let work = tmp();
+    let model = work.path().join("model");
+    fs::create_dir_all(&model).unwrap();
+    fs::write(model.join("config.json"), b"{}").unwrap();
+    let closed = format!("127.0.0.1:{}", free_port());
+    for (reference, code, class) in [
+        (reg.reference("nowhere/model:v1"), 3, "not found"),
+        (format!("{closed}/models/m:v1"), 4, "network"),
+    ] {
+        let cache = work.path().join("cache");
+        let dest = work.path().join("dest");
+        let warm_list = work.path().join("warm.yaml");
+        fs::write(&warm_list, format!("models:\n  - reference: {reference}\n")).unwrap();
+        let commands: Vec<(&str, Vec<String>)> = vec![
+            (
+                "pull",
+                vec![
+                    "pull".into(),
+                    reference.clone(),
+                    "--dest".into(),
+                    dest.display().to_string(),
+                ],
+            ),
+            ("inspect", vec!["inspect".into(), reference.clone()]),
+            (
+                "warm",
+                vec![
+                    "warm".into(),
+                    warm_list.display().to_string(),
+                    "--cache".into(),
+                    cache.display().to_string(),
+                ],
+            ),
+        ];
+        for (name, args) in commands {
+            let mut cmd = tugboat();
+            cmd.args(&args).args(["--plain-http", "--retries", "2"]);
+            run(&mut cmd, Duration::from_secs(120)).assert_code(code, &format!("{name}: {class}"));
+        }
+        if class == "network" {
+            let mut cmd = tugboat();
+            cmd.arg("push")
+                .arg(&model)
+                .arg(&reference)
+                .args(["--plain-http", "--retries", "2"]);
+            run(&mut cmd, Duration::from_secs(120)).assert_code(code, &format!("push: {class}"));
+        }
+    }
+}
