@@ -89,7 +89,8 @@ impl Authorizer {
         }
     }
 
-    /// Forgets what a registry rejected (an expired or revoked token, a changed challenge).
+    /// Forgets a token the registry rejected (expired or revoked). A changed challenge is
+    /// learned from the 401 itself ([`Self::learn`]).
     pub async fn invalidate(
         &self,
         endpoint: &Endpoint,
@@ -99,7 +100,6 @@ impl Authorizer {
     ) {
         let key = token_key(endpoint, repository, push, credentials);
         self.tokens.lock().await.remove(&key);
-        self.challenges.lock().await.remove(&endpoint.host);
     }
 
     /// Records the challenge a registry sent with a 401 on an API request (some answer `/v2/`

@@ -62,18 +62,23 @@ pub struct LoggedRequest {
 impl Registry {
     /// Start an anonymous registry on a free loopback port.
     pub fn start() -> Registry {
-        Self::start_inner(None, false)
+        Self::start_inner(None, None)
     }
 
     /// Start a registry that requires HTTP basic auth (htpasswd, bcrypt) for everything.
     pub fn start_with_htpasswd(user: &str, pass: &str) -> Registry {
-        Self::start_inner(Some((user.to_string(), pass.to_string())), false)
+        Self::start_inner(Some((user.to_string(), pass.to_string())), None)
     }
 
     /// Start a registry that requires bearer tokens (the flow Harbor and Docker Hub use) from
     /// a token server (tests/common/token_server.py) that grants `user`/`pass` pull and push.
     pub fn start_with_token(user: &str, pass: &str) -> Registry {
-        Self::start_inner(Some((user.to_string(), pass.to_string())), true)
+        Self::start_with_token_lifetime(user, pass, 300)
+    }
+
+    /// [`Self::start_with_token`] whose token server announces `expires_in` seconds.
+    pub fn start_with_token_lifetime(user: &str, pass: &str, expires_in: u64) -> Registry {
+        Self::start_inner(Some((user.to_string(), pass.to_string())), Some(expires_in))
     }
 
     /// Token requests the token server has answered (0 without one).
@@ -84,7 +89,7 @@ impl Registry {
     }
 
     /// Starts the token server; returns the registry config's `auth:` section.
-    fn start_token_server(&mut self, user: &str, pass: &str) -> String {
+    fn start_token_server(&mut self, user: &str, pass: &str, expires_in: u64) -> String {
         let dir = self.dir.path();
         let (key, cert) = (dir.join("token-key.pem"), dir.join("token-cert.pem"));
         let out = Command::new("openssl")
@@ -107,6 +112,7 @@ impl Registry {
             .arg(&cert)
             .args(["tugboat-test-registry", user, pass])
             .arg(dir.join("token.log"))
+            .arg(expires_in.to_string())
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn the token server (python3)");
@@ -123,7 +129,7 @@ impl Registry {
         )
     }
 
-    fn start_inner(credentials: Option<(String, String)>, token: bool) -> Registry {
+    fn start_inner(credentials: Option<(String, String)>, token: Option<u64>) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("tugboat-registry-")
             .tempdir()
@@ -141,8 +147,8 @@ impl Registry {
         };
         let dir = &registry.dir;
         let mut auth = String::new();
-        if let (true, Some((user, pass))) = (token, &credentials) {
-            auth = registry.start_token_server(user, pass);
+        if let (Some(expires_in), Some((user, pass))) = (token, &credentials) {
+            auth = registry.start_token_server(user, pass, expires_in);
         } else if let Some((user, pass)) = &credentials {
             let out = Command::new("htpasswd")
                 .args(["-Bbn", user, pass])

@@ -1,9 +1,9 @@
 """A distribution token server for tests (the bearer flow Harbor and Docker Hub use).
 
-    python3 token_server.py PORT KEY.pem CERT.pem SERVICE USER PASS LOG
+    python3 token_server.py PORT KEY.pem CERT.pem SERVICE USER PASS LOG [EXPIRES_IN]
 
 GET /token?service=..&scope=repository:NAME:ACTIONS with HTTP basic USER:PASS (or none, for
-anonymous) answers {"token": JWT, "expires_in": 300}: an RS256 JWT signed with KEY (by the
+anonymous) answers {"token": JWT, "expires_in": EXPIRES_IN (default 300)}: an RS256 JWT signed with KEY (by the
 openssl CLI) carrying CERT in x5c, which the registry trusts as its rootcertbundle. Anonymous
 requests get a token with no access. Every request is appended to LOG (one line each).
 """
@@ -18,6 +18,7 @@ import urllib.parse
 import uuid
 
 PORT, KEY, CERT, SERVICE, USER, PASS, LOG = sys.argv[1:8]
+EXPIRES_IN = int(sys.argv[8]) if len(sys.argv) > 8 else 300
 
 
 def b64(data: bytes) -> str:
@@ -71,13 +72,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "iss": "tugboat-test-issuer",
             "sub": USER if authorized else "",
             "aud": SERVICE,
-            "exp": now + 300,
+            "exp": now + max(EXPIRES_IN, 60),
             "nbf": now - 10,
             "iat": now,
             "jti": str(uuid.uuid4()),
             "access": access,
         }
-        body = json.dumps({"token": sign(claims), "expires_in": 300}).encode()
+        body = json.dumps({"token": sign(claims), "expires_in": EXPIRES_IN}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
