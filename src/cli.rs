@@ -199,9 +199,13 @@ struct RegistryArgs {
         value_delimiter = ','
     )]
     mirror: Vec<String>,
-    /// Attempts per request on 429, 5xx and connection loss.
+    /// Attempts per request (and per blob, resumes included) on 429, 5xx and connection loss.
     #[arg(long, env = "TUGBOAT_RETRIES", default_value_t = 5)]
     retries: u32,
+    /// Seconds a request or a blob may keep failing before it is given up (a blob's clock
+    /// restarts whenever bytes arrive).
+    #[arg(long, env = "TUGBOAT_RETRY_DEADLINE", default_value_t = 120)]
+    retry_deadline: u64,
     /// Bytes per Range request when a large blob is fetched in parallel chunks (e.g. 16MiB);
     /// default: sized from the blob.
     #[arg(long, env = "TUGBOAT_CHUNK_SIZE", value_parser = parse_chunk_size)]
@@ -243,6 +247,7 @@ impl RegistryArgs {
             ca_file: self.ca_file.clone(),
             credentials,
             max_attempts: self.retries.max(1),
+            retry_deadline: Some(std::time::Duration::from_secs(self.retry_deadline.max(1))),
             transfer: tugboat::registry::TransferOptions::new(
                 self.chunk_size,
                 self.streams_per_blob,

@@ -34,6 +34,8 @@ pub struct RegistryOptions {
     pub credentials: super::credentials::CredentialStore,
     /// Attempts per request for transient failures (429, 5xx, connection loss).
     pub max_attempts: u32,
+    /// How long one request or blob may keep failing; `None` = [`super::retry::DEFAULT_DEADLINE`].
+    pub retry_deadline: Option<Duration>,
     /// Chunking, streams per blob and the global cap on concurrent blob requests.
     pub transfer: super::TransferOptions,
 }
@@ -128,7 +130,12 @@ impl RegistryClient {
                 unverified,
                 authorizer: Authorizer::default(),
                 policy: options.endpoints,
-                retry: RetryPolicy::new(options.max_attempts),
+                retry: RetryPolicy {
+                    deadline: options
+                        .retry_deadline
+                        .unwrap_or(super::retry::DEFAULT_DEADLINE),
+                    ..RetryPolicy::new(options.max_attempts)
+                },
                 transfer: options.transfer,
                 readable: Default::default(),
             }),
