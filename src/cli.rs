@@ -10,22 +10,12 @@ use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use tugboat::artifact::Format;
+use tugboat::errors::{Classify, FailureKind};
 use tugboat::policy::{Gate, Mode, Policy};
 use tugboat::progress::Progress;
-use tugboat::pull::{FailureKind, PullError, PullPolicy, PullRequest};
+use tugboat::pull::{PullPolicy, PullRequest};
 use tugboat::reference::Reference;
 use tugboat::registry::{CredentialStore, EndpointPolicy, RegistryClient, RegistryOptions};
-
-/// Exit codes scripts can rely on.
-pub mod exit {
-    pub const OTHER: u8 = 1;
-    pub const USAGE: u8 = 2;
-    pub const REFUSED: u8 = 3;
-    pub const NETWORK: u8 = 4;
-    pub const INTEGRITY: u8 = 5;
-    pub const STORAGE: u8 = 6;
-    pub const SIGNATURE: u8 = 7;
-}
 
 /// `--policy`: the node policy (access and signature rules), shared by pull, warm and node.
 #[derive(Args)]
@@ -47,19 +37,7 @@ impl PolicyArgs {
             .as_deref()
             .map(Policy::load)
             .transpose()
-            .map_err(|e| Failure::new(exit::USAGE, e.into()))
-    }
-}
-
-/// The exit code of a failed pull.
-pub fn pull_exit_code(error: &PullError) -> u8 {
-    match error.kind() {
-        FailureKind::Refused => exit::REFUSED,
-        FailureKind::Network => exit::NETWORK,
-        FailureKind::Integrity => exit::INTEGRITY,
-        FailureKind::Storage => exit::STORAGE,
-        FailureKind::Input => exit::USAGE,
-        FailureKind::Signature => exit::SIGNATURE,
+            .map_err(Failure::classified)
     }
 }
 
@@ -71,9 +49,10 @@ pub fn pull_exit_code(error: &PullError) -> u8 {
     long_about = "Bring AI models from OCI registries (Harbor, distribution, any OCI registry) onto \
 Kubernetes nodes, verified byte for byte.\n\n\
 Typical init container:\n  tugboat pull harbor.example.com/ml-models/tinyllama:v1.0.0-gguf --dest /models\n\n\
-Exit codes: 0 ok, 2 bad usage or reference, 3 refused by the registry (not found, auth), \
-4 network, 5 integrity (digest or size mismatch), 6 local storage (disk full, permissions), \
-7 signature required or invalid (--policy), 1 other. Access-policy refusals exit 3."
+Exit codes (every command): 0 ok, 2 bad usage, reference or artifact, 3 refused by the registry \
+(not found, authentication, permission), 4 network, 5 integrity (digest or size mismatch), \
+6 local storage (disk full, permissions), 7 signature required or invalid (--policy), 1 other. \
+Access-policy refusals exit 3."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -84,6 +63,11 @@ pub struct Cli {
     /// Log lines as JSON objects instead of text.
     #[arg(long, global = true, env = "TUGBOAT_LOG_JSON")]
     log_json: bool,
+    /// Only check the command line: parse the flags and TUGBOAT_* variables, then exit 0 (2
+    /// when they are refused) without running anything. A flag only, never read from the
+    /// environment, so no pod env can turn a pull into a no-op.
+    #[arg(long, global = true)]
+    pub check_args: bool,
 }
 
 #[derive(Subcommand)]
@@ -141,6 +125,12 @@ struct PullArgs {
     /// Re-hash the files a destination or cache already holds before trusting them.
     #[arg(long, env = "TUGBOAT_VERIFY")]
     verify: bool,
+    /// How --dest files are made from the cache's: `copy` (a reflink where the filesystem
+    /// supports it, else a copy; the consumer owns its files) or `hard` (hard links into the
+    /// cache: fast everywhere, but a consumer running as root can change the cache's bytes for
+    /// every other user).
+    #[arg(long, env = "TUGBOAT_DEST_LINK", default_value = "copy")]
+    link: tugboat::materialize::DestLink,
     /// Packaging format; detected from the manifest when not given.
     #[arg(long, env = "TUGBOAT_FORMAT", default_value = "auto")]
     format: FormatChoice,
@@ -237,9 +227,13 @@ struct RegistryArgs {
         value_delimiter = ','
     )]
     mirror: Vec<String>,
-    /// Attempts per request on 429, 5xx and connection loss.
+    /// Attempts per request (and per blob, resumes included) on 429, 5xx and connection loss.
     #[arg(long, env = "TUGBOAT_RETRIES", default_value_t = 5)]
     retries: u32,
+    /// Seconds a request or a blob may keep failing before it is given up (a blob's clock
+    /// restarts whenever bytes arrive).
+    #[arg(long, env = "TUGBOAT_RETRY_DEADLINE", default_value_t = 120)]
+    retry_deadline: u64,
     /// Bytes per Range request when a large blob is fetched in parallel chunks (e.g. 16MiB);
     /// default: sized from the blob.
     #[arg(long, env = "TUGBOAT_CHUNK_SIZE", value_parser = parse_chunk_size)]
@@ -269,9 +263,9 @@ impl RegistryArgs {
             .iter()
             .map(|m| EndpointPolicy::parse_mirror(m))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Failure::new(exit::USAGE, e.into()))?;
+            .map_err(|e| Failure::new(FailureKind::Input, e.into()))?;
         let credentials = CredentialStore::load(self.docker_config.as_deref())
-            .map_err(|e| Failure::new(exit::USAGE, e.into()))?;
+            .map_err(|e| Failure::new(FailureKind::Input, e.into()))?;
         Ok(RegistryOptions {
             endpoints: EndpointPolicy {
                 plain_http: self.plain_http,
@@ -281,6 +275,7 @@ impl RegistryArgs {
             ca_file: self.ca_file.clone(),
             credentials,
             max_attempts: self.retries.max(1),
+            retry_deadline: Some(std::time::Duration::from_secs(self.retry_deadline.max(1))),
             transfer: tugboat::registry::TransferOptions::new(
                 self.chunk_size,
                 self.streams_per_blob,
@@ -291,25 +286,36 @@ impl RegistryArgs {
     }
 
     fn client(&self) -> Result<RegistryClient, Failure> {
-        RegistryClient::new(self.options()?).map_err(|e| Failure::new(exit::USAGE, e.into()))
+        RegistryClient::new(self.options()?).map_err(Failure::classified)
     }
 }
 
-/// An error with the exit code it maps to.
+/// An error with the exit code its kind maps to (see `tugboat::errors`).
 pub struct Failure {
     pub code: u8,
     pub error: anyhow::Error,
 }
 
 impl Failure {
-    fn new(code: u8, error: anyhow::Error) -> Self {
-        Failure { code, error }
+    fn new(kind: FailureKind, error: anyhow::Error) -> Self {
+        Failure {
+            code: kind.exit_code(),
+            error,
+        }
+    }
+
+    /// A library error, with the exit code the one classifier gives its kind.
+    fn classified<E>(error: E) -> Self
+    where
+        E: Classify + std::error::Error + Send + Sync + 'static,
+    {
+        Failure::new(error.kind(), error.into())
     }
 }
 
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Self {
-        Failure::new(exit::OTHER, error)
+        Failure::new(FailureKind::Other, error)
     }
 }
 
@@ -351,7 +357,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
 
 fn parse_reference(text: &str) -> Result<Reference, Failure> {
     text.parse::<Reference>()
-        .map_err(|e| Failure::new(exit::USAGE, e.into()))
+        .map_err(|e| Failure::new(FailureKind::Input, e.into()))
 }
 
 async fn pull(args: PullArgs) -> Result<(), Failure> {
@@ -360,10 +366,7 @@ async fn pull(args: PullArgs) -> Result<(), Failure> {
     let gate = match &policy {
         Some(policy) => policy
             .admit(&reference, None, Mode::Pull, None)
-            .map_err(|e| {
-                let e = PullError::from(e);
-                Failure::new(pull_exit_code(&e), e.into())
-            })?,
+            .map_err(Failure::classified)?,
         None => Gate::open(),
     };
     let mut options = args.registry.options()?;
@@ -371,7 +374,7 @@ async fn pull(args: PullArgs) -> Result<(), Failure> {
         options.credentials = Default::default();
     }
     options.redirect_guard = policy.as_ref().and_then(|p| p.redirect_guard());
-    let client = RegistryClient::new(options).map_err(|e| Failure::new(exit::USAGE, e.into()))?;
+    let client = RegistryClient::new(options).map_err(Failure::classified)?;
     let request = PullRequest {
         reference,
         dest: args.dest,
@@ -381,11 +384,12 @@ async fn pull(args: PullArgs) -> Result<(), Failure> {
         concurrency: args.concurrency,
         format: args.format.forced(),
         layout: args.limits.layout(&args.select)?,
+        dest_link: args.link,
     };
     let progress = Progress::for_terminal(args.json);
     let report = tugboat::pull::pull_gated(&request, &client, &progress, &gate)
         .await
-        .map_err(|e| Failure::new(pull_exit_code(&e), e.into()))?;
+        .map_err(Failure::classified)?;
     if let (Some(max_size), Some(snapshot)) = (args.cache_max_size, &report.snapshot) {
         collect_after_pull(snapshot, max_size)?;
     }
@@ -420,7 +424,7 @@ async fn pull(args: PullArgs) -> Result<(), Failure> {
 
 /// Keeps a shared cache under `max_size` after a pull, sparing the model just pulled.
 fn collect_after_pull(snapshot: &std::path::Path, max_size: u64) -> Result<(), Failure> {
-    let storage = |e: tugboat::cache::CacheError| Failure::new(exit::STORAGE, e.into());
+    let storage = Failure::classified::<tugboat::cache::CacheError>;
     let root = snapshot
         .parent()
         .and_then(|snapshots| snapshots.parent())
@@ -448,7 +452,7 @@ async fn push(args: PushArgs) -> Result<(), Failure> {
     let reference = parse_reference(&args.reference)?;
     if reference.tag().is_none() || reference.digest().is_some() {
         return Err(Failure::new(
-            exit::USAGE,
+            FailureKind::Input,
             anyhow::anyhow!("push needs a tag and no digest: registry/repository:tag"),
         ));
     }
@@ -456,7 +460,7 @@ async fn push(args: PushArgs) -> Result<(), Failure> {
     for pair in &args.annotations {
         let (key, value) = pair.split_once('=').ok_or_else(|| {
             Failure::new(
-                exit::USAGE,
+                FailureKind::Input,
                 anyhow::anyhow!("--annotation {pair:?}: expected KEY=VALUE"),
             )
         })?;
@@ -470,14 +474,7 @@ async fn push(args: PushArgs) -> Result<(), Failure> {
     };
     let report = tugboat::push::push(&client, &args.dir, &reference, &options)
         .await
-        .map_err(|e| {
-            let code = match &e {
-                tugboat::push::PushError::Registry(r) if r.is_refusal() => exit::REFUSED,
-                tugboat::push::PushError::Registry(_) => exit::NETWORK,
-                _ => exit::STORAGE,
-            };
-            Failure::new(code, e.into())
-        })?;
+        .map_err(Failure::classified)?;
     if args.json {
         println!(
             "{}",

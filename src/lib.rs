@@ -6,6 +6,7 @@ pub mod artifact;
 pub mod cache;
 pub mod csi;
 pub mod digest;
+pub mod errors;
 pub mod inspect;
 pub mod materialize;
 pub mod metrics;

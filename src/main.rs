@@ -8,9 +8,9 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    // Configuration check: with TUGBOAT_CHECK_ARGS=1 the flags and TUGBOAT_* variables are
-    // validated and nothing runs (tests/manifests.rs checks every manifest this way).
-    if std::env::var_os("TUGBOAT_CHECK_ARGS").is_some_and(|v| v == "1") {
+    // `--check-args`: the flags and TUGBOAT_* variables parsed, nothing runs
+    // (tests/manifests.rs checks every manifest this way).
+    if cli.check_args {
         return ExitCode::SUCCESS;
     }
     cli::init_logging(&cli);

@@ -3,7 +3,6 @@
 //! Encoded as OpenMetrics text for `/metrics`.
 
 use crate::cache::{GcReport, Inventory};
-use crate::pull::PullReport;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -149,18 +148,6 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Records one finished pull.
-    pub fn record_pull<E>(&self, source: &str, result: &Result<PullReport, E>, seconds: f64) {
-        match result {
-            Ok(report) => self.record_pull_figures(
-                source,
-                Some((report.bytes_fetched, report.bytes_reused)),
-                seconds,
-            ),
-            Err(_) => self.record_pull_figures(source, None, seconds),
-        }
-    }
-
     /// Records one finished pull from its figures: `(bytes fetched, bytes reused)`, or `None`
     /// for a failure.
     pub fn record_pull_figures(&self, source: &str, bytes: Option<(u64, u64)>, seconds: f64) {

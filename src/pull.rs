@@ -35,9 +35,6 @@ pub enum PullPolicy {
     Never,
 }
 
-/// Downloads retried (resumed) after a transient failure mid-body.
-const BODY_ATTEMPTS: u32 = 6;
-
 #[derive(Clone, Debug)]
 pub struct PullRequest {
     pub reference: Reference,
@@ -49,6 +46,8 @@ pub struct PullRequest {
     pub format: Option<Format>,
     /// What part of the model to take, and how far its archives may expand.
     pub layout: Layout,
+    /// How `dest` files are made from the cache's (copies unless hard links are asked for).
+    pub dest_link: materialize::DestLink,
 }
 
 /// `--subpath`/`--include`/`--exclude`/`--only` and the unpacking limits of one pull.
@@ -139,57 +138,12 @@ pub enum PullError {
     Policy(#[from] PolicyError),
 }
 
-/// How a failure is reported to scripts (exit codes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailureKind {
-    /// The registry refused: not found, unauthorized, forbidden.
-    Refused,
-    /// The registry could not be reached or kept failing.
-    Network,
-    /// Bytes did not match their digest or size.
-    Integrity,
-    /// Local disk trouble: full, read-only, permissions.
-    Storage,
-    /// The request itself is wrong (bad input, unsupported artifact).
-    Input,
-    /// The signature policy requires a signature that is missing or does not verify.
-    Signature,
-}
+pub use crate::errors::FailureKind;
 
 impl PullError {
+    /// This failure's kind (see [`crate::errors`]): its exit code and gRPC code.
     pub fn kind(&self) -> FailureKind {
-        match self {
-            PullError::Registry(e) if e.is_refusal() => FailureKind::Refused,
-            PullError::Registry(RegistryError::Config(_)) => FailureKind::Input,
-            PullError::Registry(RegistryError::Protocol { .. }) => FailureKind::Integrity,
-            PullError::Registry(_) => FailureKind::Network,
-            PullError::Cache(e) if e.is_integrity() => FailureKind::Integrity,
-            PullError::Cache(_) | PullError::NoSpace { .. } => FailureKind::Storage,
-            PullError::Materialize(MaterializeError::Cache(e)) if e.is_integrity() => {
-                FailureKind::Integrity
-            }
-            PullError::Materialize(MaterializeError::Cache(_)) => FailureKind::Storage,
-            PullError::Materialize(_) => FailureKind::Input,
-            PullError::ManifestMismatch { .. } | PullError::Truncated { .. } => {
-                FailureKind::Integrity
-            }
-            PullError::Artifact { .. } => FailureKind::Integrity,
-            PullError::NotCached { .. } => FailureKind::Refused,
-            PullError::NoTarget => FailureKind::Input,
-            PullError::PrivateDenied { source, .. } if !source.is_refusal() => FailureKind::Network,
-            PullError::PrivateDenied { .. } | PullError::PrivateOffline { .. } => {
-                FailureKind::Refused
-            }
-            PullError::Policy(PolicyError::Denied { .. }) => FailureKind::Refused,
-            PullError::Policy(PolicyError::Signature { .. }) => FailureKind::Signature,
-            PullError::Policy(PolicyError::SignatureFetch { source, .. })
-                if source.is_refusal() =>
-            {
-                FailureKind::Refused
-            }
-            PullError::Policy(PolicyError::SignatureFetch { .. }) => FailureKind::Network,
-            PullError::Policy(PolicyError::Load { .. }) => FailureKind::Input,
-        }
+        <Self as crate::errors::Classify>::kind(self)
     }
 }
 
@@ -314,9 +268,9 @@ pub async fn pull_gated(
             snapshot: (snapshot_id != manifest_digest).then(|| snapshot_id.clone()),
         };
         let (snapshot, files) = (snapshot_dir.clone(), info.files.clone());
-        let dest_owned = dest.clone();
+        let (dest_owned, how) = (dest.clone(), request.dest_link);
         tokio::task::spawn_blocking(move || {
-            materialize::install(&snapshot, &files, &dest_owned, &stamp)
+            materialize::install(&snapshot, &files, &dest_owned, &stamp, how)
         })
         .await
         .expect("install task panicked")?;
@@ -502,7 +456,7 @@ async fn resolve_digest(
         return Ok(digest.clone());
     }
     if policy != PullPolicy::Always {
-        if let Some(digest) = cache.tag(reference)? {
+        if let Some(digest) = cache.tag(&tag_key(reference))? {
             if cache.manifest(&digest)?.is_some() {
                 return Ok(digest);
             }
@@ -510,8 +464,17 @@ async fn resolve_digest(
     }
     let fetched = source.manifest(reference).await?;
     let digest = cache.store_manifest(&fetched.bytes)?;
-    cache.store_tag(reference, &digest)?;
+    cache.store_tag(&tag_key(reference), &digest)?;
     Ok(digest)
+}
+
+/// What the cache remembers a tag reference's resolution under.
+pub fn tag_key(reference: &Reference) -> crate::cache::TagKey<'_> {
+    crate::cache::TagKey {
+        registry: reference.registry(),
+        repository: reference.repository(),
+        tag: reference.tag_or_latest(),
+    }
 }
 
 /// Reads (cache first) the manifest `digest` names; an index resolves to one of its manifests.
@@ -814,8 +777,10 @@ async fn download_with_resume(
     fetched: &mut u64,
 ) -> Result<(), PullError> {
     let digest = &blob.digest;
-    let mut attempt = 1;
+    // One budget for the whole blob: every resume draws from it; progress restarts its clock.
+    let mut backoff = registry.retry_policy().backoff();
     loop {
+        let before = writer.offset();
         // Every byte is here (a kill between the last byte and the rename, or a body error
         // after the last byte): nothing to fetch, the commit verifies them.
         if writer.offset() == blob.size {
@@ -827,7 +792,7 @@ async fn download_with_resume(
             Ok(()) => RegistryError::Network {
                 registry: source.reference.registry().to_string(),
                 what: format!("blob {digest}"),
-                attempts: attempt,
+                attempts: backoff.attempt(),
                 detail: format!(
                     "the body ended after {} of {} bytes",
                     writer.offset(),
@@ -849,13 +814,15 @@ async fn download_with_resume(
                 return Err(e);
             }
         };
-        if attempt >= BODY_ATTEMPTS {
+        if writer.offset() > before {
+            backoff.progressed();
+        }
+        let Some(delay) = backoff.next_delay(None) else {
             writer.abandon_keeping_partial().await;
             return Err(error.into());
-        }
+        };
         tracing::warn!(%digest, offset = writer.offset(), %error, "download interrupted; resuming");
-        tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(attempt))).await;
-        attempt += 1;
+        tokio::time::sleep(delay).await;
     }
 }
 

@@ -2,36 +2,21 @@
 //! access control. A model fetched with credentials the registry demanded is marked private
 //! in the cache; a later request served from the cache gets it only after the registry
 //! confirms that request's credentials may read the manifest (a HEAD to the origin), and the
-//! confirmation is remembered per credential fingerprint for [`ACCESS_TTL`]. Models the
-//! registry serves anonymously are never marked and never checked.
+//! confirmation is remembered per credential fingerprint for [`ACCESS_TTL`] by the registry
+//! client that asked (the daemon's one client, shared by every publish). Models the registry
+//! serves anonymously are never marked and never checked.
 
 use crate::cache::{Cache, CacheError};
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryError};
-use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a confirmed (credentials, model) pair is trusted without asking again.
 pub const ACCESS_TTL: Duration = Duration::from_secs(5 * 60);
 
-/// (credential fingerprint or "" for anonymous, registry/repository@digest) -> confirmed at.
-static CONFIRMED: LazyLock<Mutex<HashMap<(String, String), Instant>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-fn memo_key(registry: &RegistryClient, reference: &Reference) -> (String, String) {
-    let who = registry
-        .credentials_for(reference.registry())
-        .map(|c| c.fingerprint())
-        .unwrap_or_default();
-    (who, reference.to_string())
-}
-
 /// Notes that the registry just served `reference` (a digest reference) to this client.
 pub fn remember(registry: &RegistryClient, reference: &Reference) {
-    let mut memo = CONFIRMED.lock().unwrap_or_else(|p| p.into_inner());
-    memo.retain(|_, at| at.elapsed() < ACCESS_TTL);
-    memo.insert(memo_key(registry, reference), Instant::now());
+    registry.note_readable(reference, ACCESS_TTL);
 }
 
 /// Asks the registry (unless it confirmed recently) whether this client may read
@@ -40,12 +25,8 @@ pub async fn confirm_access(
     registry: &RegistryClient,
     reference: &Reference,
 ) -> Result<(), RegistryError> {
-    let key = memo_key(registry, reference);
-    {
-        let memo = CONFIRMED.lock().unwrap_or_else(|p| p.into_inner());
-        if memo.get(&key).is_some_and(|at| at.elapsed() < ACCESS_TTL) {
-            return Ok(());
-        }
+    if registry.readable_recently(reference, ACCESS_TTL) {
+        return Ok(());
     }
     registry.manifest_readable(reference).await?;
     remember(registry, reference);

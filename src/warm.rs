@@ -91,6 +91,8 @@ pub struct WarmStatus {
     pub bytes_reused: u64,
     pub seconds: f64,
     pub error: Option<String>,
+    /// The failure's kind (the same as `tugboat pull` of this entry would report).
+    pub kind: Option<crate::errors::FailureKind>,
 }
 
 impl WarmList {
@@ -145,6 +147,7 @@ pub async fn warm_once(
             bytes_reused: 0,
             seconds: 0.0,
             error: None,
+            kind: None,
         };
         if !entry.selects(node_labels) {
             statuses.push(status);
@@ -160,6 +163,7 @@ pub async fn warm_once(
             concurrency,
             format: None,
             layout: Default::default(),
+            dest_link: Default::default(),
         };
         let started = std::time::Instant::now();
         let result = warm_one(&request, registry, policy).await;
@@ -176,6 +180,7 @@ pub async fn warm_once(
                 tracing::warn!(reference = %entry.reference, error = %e, "warming failed; the next pass retries");
                 status.state = WarmState::Failed;
                 status.error = Some(e.to_string());
+                status.kind = Some(e.kind());
             }
         }
         statuses.push(status);

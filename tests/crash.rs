@@ -234,7 +234,7 @@ struct Tmpfs {
 impl Tmpfs {
     fn mount(size: &str) -> Option<Tmpfs> {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIP: the full-disk test mounts a tmpfs and needs root");
+            skip("the full-disk test mounts a tmpfs and needs root");
             return None;
         }
         let dir = tempfile::Builder::new()
@@ -251,9 +251,9 @@ impl Tmpfs {
         ) {
             Ok(()) => Some(Tmpfs { dir }),
             Err(e) => {
-                eprintln!(
-                    "SKIP: cannot mount a tmpfs here ({e}); the full-disk test needs CAP_SYS_ADMIN"
-                );
+                skip(&format!(
+                    "cannot mount a tmpfs here ({e}); the full-disk test needs CAP_SYS_ADMIN"
+                ));
                 None
             }
         }

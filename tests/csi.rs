@@ -675,12 +675,13 @@ async fn private_models_need_the_pods_own_credentials() {
         request
     };
 
-    // Without credentials, nothing cached yet: PERMISSION_DENIED naming the registry.
+    // Without credentials, nothing cached yet: the registry's 401 is UNAUTHENTICATED, naming
+    // the registry.
     let status = node
         .node_publish_volume(with_secrets("pod-nocreds", HashMap::new()))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(
         status.message().contains(&reg.host()),
         "{}",

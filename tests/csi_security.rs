@@ -68,7 +68,7 @@ async fn the_socket_refuses_non_root_callers() {
         return;
     }
     if Command::new("setpriv").arg("--version").output().is_err() {
-        eprintln!("SKIP: setpriv (util-linux) is not installed");
+        skip("setpriv (util-linux) is not installed");
         return;
     }
     let ws = Workspace::new();

@@ -49,9 +49,14 @@ fn index_of(digests: &[&str]) -> Vec<u8> {
     .unwrap()
 }
 
+/// Exit code of a manifest refused as input (hostile content).
+const INPUT: i32 = 2;
+/// Exit code of bytes that are not what the registry promised (digest, size limit).
+const INTEGRITY: i32 = 5;
+
 /// Serves `bytes` for every manifest request of the proxy's repository and pulls by tag;
-/// expects exit 5 with `needle` in the message, and nothing left behind.
-fn assert_refused(proxy: &FaultProxy, rules: Vec<Rule>, needle: &str) {
+/// expects exit `code` with `needle` in the message, and nothing left behind.
+fn assert_refused(proxy: &FaultProxy, rules: Vec<Rule>, needle: &str, code: i32) {
     proxy.clear();
     for rule in rules {
         proxy.add(rule);
@@ -59,7 +64,7 @@ fn assert_refused(proxy: &FaultProxy, rules: Vec<Rule>, needle: &str) {
     let work = tempfile::tempdir().unwrap();
     let (dest, cache) = (work.path().join("dest"), work.path().join("cache"));
     let out = pull(&proxy.reference("hostile/m:v1"), &dest, Some(&cache), &[]);
-    out.assert_code(5, needle);
+    out.assert_code(code, needle);
     assert!(
         out.stderr.contains(needle),
         "message should contain {needle:?}:\n{}",
@@ -103,6 +108,7 @@ fn hostile_manifests_are_refused() {
         &proxy,
         vec![manifest_rule(huge, MANIFEST_MEDIA_TYPE)],
         "larger than",
+        INTEGRITY,
     );
 
     // 10,000 layers.
@@ -116,6 +122,7 @@ fn hostile_manifests_are_refused() {
             MANIFEST_MEDIA_TYPE,
         )],
         "10000 layers",
+        INPUT,
     );
 
     // A layer claiming 1 PB.
@@ -124,6 +131,7 @@ fn hostile_manifests_are_refused() {
         &proxy,
         vec![manifest_rule(petabyte, MANIFEST_MEDIA_TYPE)],
         "16 TiB",
+        INPUT,
     );
     // ... or a negative size.
     let negative = manifest_with_layers(&[layer(&good, (-1).into(), "a")]);
@@ -131,6 +139,7 @@ fn hostile_manifests_are_refused() {
         &proxy,
         vec![manifest_rule(negative, MANIFEST_MEDIA_TYPE)],
         "claims -1",
+        INPUT,
     );
 
     // Digests with another algorithm, or bad hex.
@@ -142,6 +151,7 @@ fn hostile_manifests_are_refused() {
             MANIFEST_MEDIA_TYPE,
         )],
         "not supported",
+        INPUT,
     );
     for bad in [
         format!("sha256:{}", "A".repeat(64)),
@@ -156,6 +166,7 @@ fn hostile_manifests_are_refused() {
                 MANIFEST_MEDIA_TYPE,
             )],
             "64 lowercase hex",
+            INPUT,
         );
     }
 }
@@ -179,6 +190,7 @@ fn indexes_pointing_to_themselves_or_to_indexes_terminate() {
         &proxy,
         vec![manifest_rule(selfish, OCI_INDEX)],
         "refusing them",
+        INTEGRITY,
     );
 
     // An index whose entry digest is the tag's own digest (what a registry would serve if
@@ -199,6 +211,7 @@ fn indexes_pointing_to_themselves_or_to_indexes_terminate() {
             manifest_rule(outer, OCI_INDEX),
         ],
         "nested indexes are not followed",
+        INPUT,
     );
     let requests = proxy.seen_matching("/manifests/").len();
     assert!(requests <= 4, "bounded manifest requests, saw {requests}");

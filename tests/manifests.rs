@@ -305,11 +305,11 @@ fn positionals(argv: &[String]) -> Vec<String> {
 fn run_checked(bin: &Path, inv: &Invocation, extra: &[&str]) -> std::process::Output {
     Command::new(bin)
         .args(&inv.argv)
+        .arg("--check-args")
         .args(extra)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .envs(inv.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("TUGBOAT_CHECK_ARGS", "1")
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()))
 }
@@ -372,7 +372,7 @@ fn check_invocations_in(bin: &Path, docs: &[Doc]) {
         assert_eq!(
             bad.status.code(),
             Some(2),
-            "{}: an unknown flag was not refused; is TUGBOAT_CHECK_ARGS parsing?",
+            "{}: an unknown flag was not refused; is --check-args parsing?",
             inv.at
         );
 

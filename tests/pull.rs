@@ -674,6 +674,22 @@ fn registry_down_exits_4() {
     );
 }
 
+/// Only the `--check-args` flag skips the work: no environment variable in a pod can turn a
+/// pull into a no-op that exits 0.
+#[test]
+fn only_the_check_args_flag_skips_the_pull() {
+    let port = free_port();
+    let work = tmp();
+    let reference = format!("127.0.0.1:{port}/models/tiny:v1");
+    let dest = work.path().join("dest");
+    let mut cmd = pull_cmd(&reference, &dest, None, &[]);
+    cmd.env("TUGBOAT_CHECK_ARGS", "1");
+    run(&mut cmd, Duration::from_secs(120)).assert_code(4, "the env var is ignored");
+    pull(&reference, &dest, None, &["--check-args"]).assert_ok("--check-args");
+    pull(&reference, &dest, None, &["--check-args", "--no-such-flag"])
+        .assert_code(2, "--check-args still parses");
+}
+
 // --- 11. --json -------------------------------------------------------------------------
 
 #[test]
@@ -775,4 +791,112 @@ fn cache_ls_lists_pulled_model() {
         text.contains(hex(&digest)),
         "cache ls --json should include {digest}: {text}"
     );
+}
+
+// --- dest files are the consumer's own ---------------------------------------------------
+
+/// A consumer running as root that makes a `--dest` file writable and overwrites it changes
+/// its own copy only: the cache's blob, other destinations and `cache verify` are untouched.
+/// With `--link hard` (opt-in) the file is the cache's inode, which is the documented risk.
+#[test]
+fn a_root_write_in_dest_leaves_the_cache_untouched() {
+    if !nix::unistd::geteuid().is_root() {
+        skip("the dest-isolation test writes as root (root ignores file modes)");
+        return;
+    }
+    let reg = Registry::start();
+    let (_, files) = push_small_model(&reg, "models/iso", "v1");
+    let work = tmp();
+    let cache = work.path().join("cache");
+    let (dest, other) = (work.path().join("dest"), work.path().join("other"));
+    let reference = reg.reference("models/iso:v1");
+    pull(&reference, &dest, Some(&cache), &[]).assert_ok("pull");
+    pull(&reference, &other, Some(&cache), &[]).assert_ok("second pull");
+    let weights = hex(&sha256_bytes(&files[0].1)).to_string();
+    let blob = cache.join("blobs/sha256").join(&weights);
+
+    let file = dest.join("model.gguf");
+    assert_ne!(
+        fs::metadata(&file).unwrap().ino(),
+        fs::metadata(&blob).unwrap().ino(),
+        "a dest file must not be the cache's inode"
+    );
+    // What a root consumer can do to any file it can see.
+    let mut perms = fs::metadata(&file).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    fs::set_permissions(&file, perms).unwrap();
+    fs::write(&file, b"tampered").unwrap();
+
+    assert_eq!(
+        sha256_file(&blob),
+        format!("sha256:{weights}"),
+        "cache blob changed"
+    );
+    assert_files_eq(&other, &files);
+    let mut verify = tugboat();
+    verify.args(["cache", "verify", "--cache"]).arg(&cache);
+    run(&mut verify, Duration::from_secs(60)).assert_ok("cache verify after the write");
+
+    // `--link hard` shares the cache's inode (fast, for consumers that cannot write it).
+    let hard = work.path().join("hard");
+    pull(&reference, &hard, Some(&cache), &["--link", "hard"]).assert_ok("pull --link hard");
+    assert_eq!(
+        fs::metadata(hard.join("model.gguf")).unwrap().ino(),
+        fs::metadata(&blob).unwrap().ino()
+    );
+}
+
+/// One failure, one exit code, whichever command meets it: a repository that does not exist
+/// (3) and a registry that cannot be reached (4) read the same in pull, inspect, warm and push.
+#[test]
+fn each_failure_class_has_one_exit_code_in_every_command() {
+    let reg = Registry::start();
+    let work = tmp();
+    let model = work.path().join("model");
+    fs::create_dir_all(&model).unwrap();
+    fs::write(model.join("config.json"), b"{}").unwrap();
+    let closed = format!("127.0.0.1:{}", free_port());
+    for (reference, code, class) in [
+        (reg.reference("nowhere/model:v1"), 3, "not found"),
+        (format!("{closed}/models/m:v1"), 4, "network"),
+    ] {
+        let cache = work.path().join("cache");
+        let dest = work.path().join("dest");
+        let warm_list = work.path().join("warm.yaml");
+        fs::write(&warm_list, format!("models:\n  - reference: {reference}\n")).unwrap();
+        let commands: Vec<(&str, Vec<String>)> = vec![
+            (
+                "pull",
+                vec![
+                    "pull".into(),
+                    reference.clone(),
+                    "--dest".into(),
+                    dest.display().to_string(),
+                ],
+            ),
+            ("inspect", vec!["inspect".into(), reference.clone()]),
+            (
+                "warm",
+                vec![
+                    "warm".into(),
+                    warm_list.display().to_string(),
+                    "--cache".into(),
+                    cache.display().to_string(),
+                ],
+            ),
+        ];
+        for (name, args) in commands {
+            let mut cmd = tugboat();
+            cmd.args(&args).args(["--plain-http", "--retries", "2"]);
+            run(&mut cmd, Duration::from_secs(120)).assert_code(code, &format!("{name}: {class}"));
+        }
+        if class == "network" {
+            let mut cmd = tugboat();
+            cmd.arg("push")
+                .arg(&model)
+                .arg(&reference)
+                .args(["--plain-http", "--retries", "2"]);
+            run(&mut cmd, Duration::from_secs(120)).assert_code(code, &format!("push: {class}"));
+        }
+    }
 }

@@ -227,6 +227,17 @@ fn basic_auth_docker_config_env_var() {
     cmd.env("DOCKER_CONFIG", &config_dir);
     run(&mut cmd, TIMEOUT).assert_ok("pull with DOCKER_CONFIG=dir");
     assert_eq!(fs::read(dest.join("model.gguf")).unwrap(), layers[0].1);
+
+    // $DOCKER_CONFIG names the only place to look, as for docker: a directory without
+    // config.json means no credentials, even when ~/.docker/config.json has them.
+    let home = work.path().join("home");
+    write_docker_config(&home.join(".docker"), &reg.host(), USER, PASS);
+    let empty = work.path().join("empty-docker-config");
+    fs::create_dir_all(&empty).unwrap();
+    let dest = work.path().join("dest-empty-config");
+    let mut cmd = pull_cmd(&reg.reference("models/private:v1"), &dest, None, &[]);
+    cmd.env("DOCKER_CONFIG", &empty).env("HOME", &home);
+    run(&mut cmd, TIMEOUT).assert_code(3, "no config.json in $DOCKER_CONFIG: no credentials");
 }
 
 #[test]

@@ -24,7 +24,6 @@ pub use usage::{Inventory, SnapshotEntry};
 pub use verify::VerifyReport;
 
 use crate::digest::Digest;
-use crate::reference::Reference;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -117,8 +116,8 @@ impl Cache {
     }
 
     /// The manifest digest a tag resolved to last time (lets a tag pull work offline).
-    pub fn tag(&self, reference: &Reference) -> Result<Option<Digest>, CacheError> {
-        let path = self.tag_path(reference);
+    pub fn tag(&self, key: &TagKey<'_>) -> Result<Option<Digest>, CacheError> {
+        let path = self.tag_path(key)?;
         match fs::read_to_string(&path) {
             Ok(text) => Ok(text.trim().parse().ok()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -126,16 +125,16 @@ impl Cache {
         }
     }
 
-    pub fn store_tag(&self, reference: &Reference, digest: &Digest) -> Result<(), CacheError> {
-        let path = self.tag_path(reference);
+    pub fn store_tag(&self, key: &TagKey<'_>, digest: &Digest) -> Result<(), CacheError> {
+        let path = self.tag_path(key)?;
         let dir = path.parent().expect("tag path has a parent");
         fs::create_dir_all(dir).map_err(|e| CacheError::io(dir, e))?;
         write_atomically(&path, digest.to_string().as_bytes())
     }
 
     /// Forgets what a tag resolved to (the next tag pull asks the registry).
-    pub fn forget_tag(&self, reference: &Reference) -> Result<(), CacheError> {
-        let path = self.tag_path(reference);
+    pub fn forget_tag(&self, key: &TagKey<'_>) -> Result<(), CacheError> {
+        let path = self.tag_path(key)?;
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -143,15 +142,33 @@ impl Cache {
         }
     }
 
-    fn tag_path(&self, reference: &Reference) -> PathBuf {
-        // Registry hosts, repository names and tags are validated by the reference grammar,
-        // so they are safe as path components.
-        self.root
-            .join("refs")
-            .join(reference.registry())
-            .join(reference.repository())
-            .join(reference.tag_or_latest())
+    /// `refs/<registry>/<repository>/<tag>`, refusing names that are not plain path
+    /// components (the cache keys on the strings it is given and trusts none of them).
+    fn tag_path(&self, key: &TagKey<'_>) -> Result<PathBuf, CacheError> {
+        let refs = self.root.join("refs");
+        let plain = |part: &str| {
+            !part.is_empty() && part != "." && part != ".." && !part.contains(['/', '\\', '\0'])
+        };
+        let ok = plain(key.registry) && plain(key.tag) && key.repository.split('/').all(plain);
+        if !ok {
+            return Err(CacheError::Corrupt {
+                path: refs,
+                detail: format!(
+                    "refusing the tag key {}/{}:{} (not plain path components)",
+                    key.registry, key.repository, key.tag
+                ),
+            });
+        }
+        Ok(refs.join(key.registry).join(key.repository).join(key.tag))
     }
+}
+
+/// What a tag is remembered under: plain strings, so the cache needs no notion of references.
+#[derive(Clone, Copy, Debug)]
+pub struct TagKey<'a> {
+    pub registry: &'a str,
+    pub repository: &'a str,
+    pub tag: &'a str,
 }
 
 /// Writes a small file via a temp file, fsync and rename: readers see old or new, never half.

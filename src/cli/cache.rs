@@ -1,11 +1,12 @@
 //! The `cache` subcommands: list, collect garbage, verify and remove models in the node cache.
 
-use super::{exit, human_bytes, Failure};
+use super::{human_bytes, Failure};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 use tugboat::cache::{Cache, GcPolicy};
+use tugboat::errors::FailureKind;
 use tugboat::reference::Reference;
 use tugboat::size::parse_size;
 
@@ -78,7 +79,7 @@ pub struct CacheDir {
 
 impl CacheDir {
     fn open(&self) -> Result<Cache, Failure> {
-        Cache::open(&self.path).map_err(|e| Failure::new(exit::STORAGE, e.into()))
+        Cache::open(&self.path).map_err(Failure::classified)
     }
 }
 
@@ -93,8 +94,8 @@ pub fn parse_percent(text: &str) -> Result<f64, String> {
     Ok(value / 100.0)
 }
 
-fn storage(e: impl Into<anyhow::Error>) -> Failure {
-    Failure::new(exit::STORAGE, e.into())
+fn storage(e: tugboat::cache::CacheError) -> Failure {
+    Failure::classified(e)
 }
 
 pub fn run(command: CacheCommand) -> Result<(), Failure> {
@@ -168,7 +169,7 @@ pub fn run(command: CacheCommand) -> Result<(), Failure> {
                 Ok(())
             } else {
                 Err(Failure::new(
-                    exit::INTEGRITY,
+                    FailureKind::Integrity,
                     anyhow::anyhow!(
                         "the cache held damaged content (see above); pulls will fetch it again"
                     ),
@@ -232,10 +233,14 @@ fn ls(cache: &Cache, json: bool) -> Result<(), Failure> {
 fn rm(cache: &Cache, text: &str) -> Result<(), Failure> {
     let reference: Reference = text
         .parse()
-        .map_err(|e: tugboat::reference::ReferenceError| Failure::new(exit::USAGE, e.into()))?;
+        .map_err(|e: tugboat::reference::ReferenceError| {
+            Failure::new(FailureKind::Input, e.into())
+        })?;
     let digest = match reference.digest() {
         Some(digest) => Some(digest.clone()),
-        None => cache.tag(&reference).map_err(storage)?,
+        None => cache
+            .tag(&tugboat::pull::tag_key(&reference))
+            .map_err(storage)?,
     };
     let inventory = cache.inventory().map_err(storage)?;
     let targets: Vec<_> = inventory
@@ -247,14 +252,14 @@ fn rm(cache: &Cache, text: &str) -> Result<(), Failure> {
         .collect();
     if targets.is_empty() {
         return Err(Failure::new(
-            exit::REFUSED,
+            FailureKind::NotFound,
             anyhow::anyhow!("{reference} is not in the cache {}", cache.root().display()),
         ));
     }
     for target in &targets {
         if cache.is_leased(&target.info.digest).map_err(storage)? {
             return Err(Failure::new(
-                exit::OTHER,
+                FailureKind::Other,
                 anyhow::anyhow!(
                     "{} is in use by a mounted volume; unpublish it first",
                     target.info.digest
@@ -269,7 +274,9 @@ fn rm(cache: &Cache, text: &str) -> Result<(), Failure> {
             .map_err(storage)?;
         println!("removed {} ({})", target.info.reference, target.info.digest);
     }
-    cache.forget_tag(&reference).map_err(storage)?;
+    cache
+        .forget_tag(&tugboat::pull::tag_key(&reference))
+        .map_err(storage)?;
     // Blobs no remaining model uses go too (grace 0: the user asked for this).
     let report = cache
         .gc(&GcPolicy {

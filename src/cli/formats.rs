@@ -1,10 +1,11 @@
 //! Flags that shape a model tree (`--subpath`, `--include`, `--exclude`, `--only`), the
 //! unpacking limits, and the `inspect` subcommand.
 
-use super::{exit, parse_reference, Failure, FormatChoice, RegistryArgs};
+use super::{parse_reference, Failure, FormatChoice, RegistryArgs};
 use anyhow::Context as _;
 use clap::Args;
 use tugboat::artifact::{Kind, Selection};
+use tugboat::errors::FailureKind;
 use tugboat::materialize::{ByteSize, Limits};
 use tugboat::pull::Layout;
 
@@ -49,7 +50,7 @@ impl SelectArgs {
             &self.exclude,
             &self.only,
         )
-        .map_err(|e| Failure::new(exit::USAGE, e.into()))
+        .map_err(|e| Failure::new(FailureKind::Input, e.into()))
     }
 }
 
@@ -104,15 +105,7 @@ pub async fn inspect(args: InspectArgs) -> Result<(), Failure> {
     let client = args.registry.client()?;
     let report = tugboat::inspect::inspect(&client, &reference, args.format.forced(), &selection)
         .await
-        .map_err(|e| {
-            let code = match &e {
-                tugboat::inspect::InspectError::Registry(r) if r.is_refusal() => exit::REFUSED,
-                tugboat::inspect::InspectError::Registry(_) => exit::NETWORK,
-                tugboat::inspect::InspectError::Mismatch { .. } => exit::INTEGRITY,
-                tugboat::inspect::InspectError::Artifact { .. } => exit::USAGE,
-            };
-            Failure::new(code, e.into())
-        })?;
+        .map_err(Failure::classified)?;
     let keys = args
         .policy
         .load()?

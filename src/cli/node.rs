@@ -1,13 +1,14 @@
 //! The `node` subcommand: the CSI node plugin daemon kubelet talks to over a Unix socket.
 
 use super::cache::parse_percent;
-use super::{exit, Failure, PolicyArgs, RegistryArgs};
+use super::{Failure, PolicyArgs, RegistryArgs};
 use clap::Args;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tugboat::cache::GcPolicy;
+use tugboat::errors::FailureKind;
 use tugboat::node::NodeConfig;
 
 #[derive(Args)]
@@ -75,8 +76,9 @@ fn parse_mode(text: &str) -> Result<u32, String> {
 
 pub async fn run(args: NodeArgs) -> Result<(), Failure> {
     if let Some(root) = &args.kubelet_root {
-        tugboat::csi::validate::set_kubelet_root(root)
-            .map_err(|e| Failure::new(exit::USAGE, anyhow::anyhow!("--kubelet-root: {e}")))?;
+        tugboat::csi::validate::set_kubelet_root(root).map_err(|e| {
+            Failure::new(FailureKind::Input, anyhow::anyhow!("--kubelet-root: {e}"))
+        })?;
     }
     let config = NodeConfig {
         csi_endpoint: args.csi_endpoint,
@@ -97,11 +99,7 @@ pub async fn run(args: NodeArgs) -> Result<(), Failure> {
         gc_interval: Duration::from_secs(args.gc_interval.max(1)),
         policy: args.policy.load()?,
     };
-    tugboat::node::run(config).await.map_err(|e| {
-        let code = match e {
-            tugboat::node::NodeError::Endpoint(_) | tugboat::node::NodeError::NodeId => exit::USAGE,
-            _ => exit::STORAGE,
-        };
-        Failure::new(code, e.into())
-    })
+    tugboat::node::run(config)
+        .await
+        .map_err(Failure::classified)
 }

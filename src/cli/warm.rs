@@ -1,9 +1,10 @@
 //! The `warm` subcommand: one pass over a warm list (for a Job or a CronJob).
 
-use super::{exit, Failure, PolicyArgs, RegistryArgs};
+use super::{Failure, PolicyArgs, RegistryArgs};
 use clap::Args;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use tugboat::errors::FailureKind;
 use tugboat::warm::{parse_labels, warm_once, WarmList, WarmState};
 
 #[derive(Args)]
@@ -29,12 +30,11 @@ pub struct WarmArgs {
 }
 
 pub async fn run(args: WarmArgs) -> Result<(), Failure> {
-    let list = WarmList::load(&args.file).map_err(|e| Failure::new(exit::USAGE, e.into()))?;
+    let list = WarmList::load(&args.file).map_err(Failure::classified)?;
     let policy = args.policy.load()?;
     let mut options = args.registry.options()?;
     options.redirect_guard = policy.as_ref().and_then(|p| p.redirect_guard());
-    let client = tugboat::registry::RegistryClient::new(options)
-        .map_err(|e| Failure::new(exit::USAGE, e.into()))?;
+    let client = tugboat::registry::RegistryClient::new(options).map_err(Failure::classified)?;
     let statuses = warm_once(
         &list,
         &args.node_labels,
@@ -63,13 +63,15 @@ pub async fn run(args: WarmArgs) -> Result<(), Failure> {
             );
         }
     }
-    let failed = statuses
+    let failed: Vec<_> = statuses
         .iter()
         .filter(|s| s.state == WarmState::Failed)
-        .count();
-    if failed > 0 {
+        .collect();
+    if let Some(first) = failed.first() {
+        // The exit code of the first failure's kind, as `tugboat pull` of it would exit.
+        let failed = failed.len();
         return Err(Failure::new(
-            exit::OTHER,
+            first.kind.unwrap_or(FailureKind::Other),
             anyhow::anyhow!(
                 "{failed} of {} model(s) could not be warmed",
                 statuses.len()

@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use crate::policy::{Gate, Mode as RequestMode, Policy};
 use crate::progress::Progress;
 use crate::pull::{self, PullError, PullReport, PullRequest};
-use crate::registry::{RegistryClient, RegistryOptions};
+use crate::registry::RegistryClient;
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
@@ -36,7 +36,8 @@ type PullOutcome = Result<Arc<PullReport>, Status>;
 
 pub struct Volumes {
     cache: Cache,
-    registry: RegistryOptions,
+    /// The daemon's one client; each publish takes a view of it with the pod's credentials.
+    registry: RegistryClient,
     flights: Flights<FlightKey, PullOutcome>,
     busy: Arc<Mutex<HashSet<String>>>,
     metrics: Arc<Metrics>,
@@ -50,7 +51,7 @@ pub struct VolumeUsage {
 }
 
 impl Volumes {
-    pub fn new(cache: Cache, registry: RegistryOptions) -> Self {
+    pub fn new(cache: Cache, registry: RegistryClient) -> Self {
         Volumes {
             cache,
             registry,
@@ -209,16 +210,14 @@ impl Volumes {
                 .map_err(|e| status::from_pull(&PullError::from(e)))?,
             None => Gate::open(),
         };
-        let mut options = self.registry.clone();
-        if !gate.node_credentials() {
-            options.credentials = Default::default();
-        }
-        options.redirect_guard = self.policy.as_ref().and_then(|p| p.redirect_guard());
-        secrets::apply(
-            &request.secrets,
-            &request.reference,
-            &mut options.credentials,
-        )?;
+        // The node's own credentials only where the policy grants them; the pod's secret always.
+        let mut credentials = if gate.node_credentials() {
+            self.registry.credentials().clone()
+        } else {
+            Default::default()
+        };
+        secrets::apply(&request.secrets, &request.reference, &mut credentials)?;
+        let client = self.registry.with_credentials(credentials);
         let key = (
             request.reference.to_string(),
             format!("{:?}|{}", request.policy, gate.key()),
@@ -234,11 +233,10 @@ impl Volumes {
             concurrency: 4,
             format: None,
             layout: Default::default(),
+            dest_link: Default::default(),
         };
         let metrics = self.metrics.clone();
         let work = move || async move {
-            let client = RegistryClient::new(options)
-                .map_err(|e| Status::failed_precondition(format!("registry options: {e}")))?;
             let _slot = gate
                 .pull_slot(&pull_request.reference, &slot_key)
                 .map_err(|e| status::from_pull(&PullError::from(e)))?;
@@ -246,7 +244,11 @@ impl Volumes {
             metrics.pulls_in_flight.inc();
             let result = pull::pull_gated(&pull_request, &client, &Progress::hidden(), &gate).await;
             metrics.pulls_in_flight.dec();
-            metrics.record_pull("csi", &result, started.elapsed().as_secs_f64());
+            let figures = result
+                .as_ref()
+                .ok()
+                .map(|r| (r.bytes_fetched, r.bytes_reused));
+            metrics.record_pull_figures("csi", figures, started.elapsed().as_secs_f64());
             result.map(Arc::new).map_err(|e| status::from_pull(&e))
         };
         let (outcome, started) = self

@@ -1,8 +1,10 @@
 //! Plan + verified blobs -> directory trees: the snapshot in the cache (raw layers hard-linked
 //! from their blobs, archives unpacked safely by `extract`), and the copy of it in the user's
-//! `--dest` (hard links when on one filesystem, else copies; folders and symlinks recreated),
-//! installed so a reader never sees a half-placed model.
+//! `--dest` (reflinks or copies, never the cache's own inodes unless `--link hard`; see
+//! `dest_copy`; folders and symlinks recreated), installed so a reader never sees a
+//! half-placed model.
 
+mod dest_copy;
 pub mod extract;
 pub mod limits;
 pub mod stamp;
@@ -13,6 +15,7 @@ use crate::safe_path::SafePath;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+pub use dest_copy::DestLink;
 pub use limits::{ByteSize, Limits};
 pub use stamp::Stamp;
 
@@ -90,6 +93,7 @@ pub fn install(
     files: &[SnapshotFile],
     dest: &Path,
     stamp: &Stamp,
+    how: DestLink,
 ) -> Result<(), MaterializeError> {
     fs::create_dir_all(dest).map_err(io(dest))?;
     let work = stamp::work_dir(dest);
@@ -99,7 +103,7 @@ pub fn install(
         std::process::id(),
         crate::cache::unique()
     ));
-    let result = stage_and_swap(snapshot, files, dest, &staging);
+    let result = stage_and_swap(snapshot, files, dest, &staging, how);
     let _ = remove_tree(&staging);
     result?;
     // Files of an earlier model that the new one does not have are removed.
@@ -126,13 +130,14 @@ fn top_entries(snapshot: &Path) -> Result<Vec<String>, MaterializeError> {
     Ok(tops)
 }
 
-/// Mirrors the snapshot into `staging` (files linked or copied, folders and symlinks
+/// Mirrors the snapshot into `staging` (files placed as `how` says, folders and symlinks
 /// recreated), then renames each top-level entry into `dest`.
 fn stage_and_swap(
     snapshot: &Path,
     _files: &[SnapshotFile],
     dest: &Path,
     staging: &Path,
+    how: DestLink,
 ) -> Result<(), MaterializeError> {
     fs::create_dir_all(staging).map_err(io(staging))?;
     let tops = top_entries(snapshot)?;
@@ -146,7 +151,7 @@ fn stage_and_swap(
                 ),
             });
         }
-        mirror(&snapshot.join(top), &staging.join(top))?;
+        mirror(&snapshot.join(top), &staging.join(top), how)?;
     }
     for top in &tops {
         let from = staging.join(top);
@@ -162,7 +167,7 @@ fn stage_and_swap(
 }
 
 /// Recreates `from` (a trusted snapshot entry) at `to`.
-fn mirror(from: &Path, to: &Path) -> Result<(), MaterializeError> {
+fn mirror(from: &Path, to: &Path, how: DestLink) -> Result<(), MaterializeError> {
     let meta = fs::symlink_metadata(from).map_err(io(from))?;
     let kind = meta.file_type();
     if kind.is_symlink() {
@@ -172,15 +177,16 @@ fn mirror(from: &Path, to: &Path) -> Result<(), MaterializeError> {
         fs::create_dir(to).map_err(io(to))?;
         for entry in fs::read_dir(from).map_err(io(from))? {
             let entry = entry.map_err(io(from))?;
-            mirror(&entry.path(), &to.join(entry.file_name()))?;
+            mirror(&entry.path(), &to.join(entry.file_name()), how)?;
         }
         Ok(())
     } else {
-        link_or_copy(from, to)
+        dest_copy::place(from, to, how).map_err(io(to))
     }
 }
 
-/// Hard link when possible (same filesystem), otherwise a kernel-side copy.
+/// Inside the cache (blob -> snapshot): hard link when possible (same filesystem), otherwise
+/// a kernel-side copy.
 pub fn link_or_copy(source: &Path, target: &Path) -> Result<(), MaterializeError> {
     if fs::symlink_metadata(target).is_ok() {
         fs::remove_file(target).map_err(io(target))?;

@@ -104,8 +104,14 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
             stopped_future(stopped.clone()),
         )));
     }
+    // One registry client for the daemon's lifetime: one connection pool and one token cache
+    // for every publish and the warm loop; each request brings its own credentials. The node
+    // policy's host rules judge every redirect and token realm it meets.
+    let mut options = config.registry.clone();
+    options.redirect_guard = config.policy.as_ref().and_then(|p| p.redirect_guard());
+    let registry = RegistryClient::new(options)?;
     let volumes = Arc::new(
-        Volumes::new(cache.clone(), config.registry.clone())
+        Volumes::new(cache.clone(), registry.clone())
             .with_metrics(metrics.clone())
             .with_policy(config.policy.clone()),
     );
@@ -122,13 +128,11 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
 
     let warm = warm_loop::WarmShared::default();
     if let Some(file) = &config.warm_config {
-        let mut warm_options = config.registry.clone();
-        warm_options.redirect_guard = config.policy.as_ref().and_then(|p| p.redirect_guard());
         let warm_loop = warm_loop::WarmLoop {
             file: file.clone(),
             node_labels: config.node_labels.clone(),
             cache: config.cache.clone(),
-            registry: Arc::new(RegistryClient::new(warm_options)?),
+            registry: Arc::new(registry),
             concurrency: 4,
             policy: config.policy.clone(),
             metrics: metrics.clone(),

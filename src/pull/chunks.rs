@@ -4,7 +4,7 @@
 //! chunk at its offset through a bounded buffer. Chunks are handed out in order, so the
 //! verified prefix grows steadily behind them.
 
-use super::{PullError, BODY_ATTEMPTS};
+use super::PullError;
 use crate::cache::ChunkedWriter;
 use crate::progress::BlobProgress;
 use crate::reference::Reference;
@@ -179,8 +179,10 @@ async fn fetch_chunk(
 ) -> Result<bool, PullError> {
     let (start, end) = writer.layout().range(index);
     let mut at = start;
-    let mut attempt = 1;
+    // One budget for the chunk: every resume draws from it; progress restarts its clock.
+    let mut backoff = registry.retry_policy().backoff();
     loop {
+        let before = at;
         let outcome = fetch_range(reference, registry, writer, &mut at, end, received).await;
         let error = match outcome {
             Ok(false) => return Ok(false),
@@ -191,7 +193,7 @@ async fn fetch_chunk(
             Ok(true) => RegistryError::Network {
                 registry: reference.registry().to_string(),
                 what: format!("blob {}", writer.digest()),
-                attempts: attempt,
+                attempts: backoff.attempt(),
                 detail: format!("the body of bytes {start}-{end} ended at {at}"),
             },
             Err(PullError::Registry(RegistryError::Status { status: 416, .. })) => {
@@ -204,12 +206,14 @@ async fn fetch_chunk(
             Err(PullError::Registry(e)) if e.is_transient() => e,
             Err(e) => return Err(e),
         };
-        if attempt >= BODY_ATTEMPTS {
-            return Err(error.into());
+        if at > before {
+            backoff.progressed();
         }
+        let Some(delay) = backoff.next_delay(None) else {
+            return Err(error.into());
+        };
         tracing::warn!(digest = %writer.digest(), offset = at, %error, "chunk interrupted; resuming");
-        tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
-        attempt += 1;
+        tokio::time::sleep(delay).await;
     }
 }
 

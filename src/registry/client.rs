@@ -5,7 +5,7 @@
 use super::auth::Authorizer;
 use super::endpoint::{Endpoint, EndpointPolicy};
 use super::error::RegistryError;
-use super::retry::Backoff;
+use super::retry::RetryPolicy;
 use crate::digest::Digest;
 use crate::reference::Reference;
 use bytes::Bytes;
@@ -14,6 +14,7 @@ use reqwest::header::{HeaderMap, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION,
 use reqwest::{RequestBuilder, Response, StatusCode};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Manifests larger than this are refused (the distribution spec's recommended limit).
@@ -33,9 +34,12 @@ pub struct RegistryOptions {
     pub credentials: super::credentials::CredentialStore,
     /// Attempts per request for transient failures (429, 5xx, connection loss).
     pub max_attempts: u32,
+    /// How long one request or blob may keep failing; `None` = [`super::retry::DEFAULT_DEADLINE`].
+    pub retry_deadline: Option<Duration>,
     /// Chunking, streams per blob and the global cap on concurrent blob requests.
     pub transfer: super::TransferOptions,
-    /// Judges every redirect target before it is followed (the node policy's host rules).
+    /// Judges every redirect target and token realm before it is contacted (the node policy's
+    /// host rules).
     pub redirect_guard: Option<RedirectGuard>,
 }
 
@@ -66,23 +70,38 @@ pub struct BlobBody {
     pub stream: Pin<Box<dyn Stream<Item = Result<Bytes, RegistryError>> + Send>>,
 }
 
+/// The distribution client. Cloning it, or taking a view with other credentials
+/// ([`Self::with_credentials`], [`Self::anonymous`]), shares one connection pool, one token
+/// cache and one request cap: the node daemon builds one for its lifetime and passes each
+/// request's credentials.
+#[derive(Clone)]
 pub struct RegistryClient {
+    shared: Arc<Shared>,
+    credentials: super::credentials::CredentialStore,
+}
+
+/// What every view of one client shares.
+struct Shared {
+    /// The pool for every registry whose certificate is checked (all of them, unless
+    /// `--insecure-registry` names a host).
     verified: reqwest::Client,
-    unverified: reqwest::Client,
+    /// The pool for `--insecure-registry` hosts, built only when one is configured.
+    unverified: Option<reqwest::Client>,
     authorizer: Authorizer,
+    /// Redirects and token realms are judged by it (see [`RegistryOptions::redirect_guard`]).
+    redirect_guard: Option<RedirectGuard>,
+    /// `--ca-file` was given: verified TLS has roots even without a system CA store.
+    has_ca_file: bool,
     policy: EndpointPolicy,
-    max_attempts: u32,
+    retry: RetryPolicy,
     transfer: super::TransferOptions,
-    /// The options this client was built from, less the credentials (see [`Self::anonymous`]).
-    anonymous_options: RegistryOptions,
+    /// (credential fingerprint or "" for anonymous, reference) -> when the origin last served
+    /// or confirmed it to those credentials.
+    readable: std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
 }
 
 impl RegistryClient {
     pub fn new(options: RegistryOptions) -> Result<Self, RegistryError> {
-        let anonymous_options = RegistryOptions {
-            credentials: Default::default(),
-            ..options.clone()
-        };
         let mut roots = Vec::new();
         if let Some(path) = &options.ca_file {
             let pem = std::fs::read(path).map_err(|e| {
@@ -136,37 +155,101 @@ impl RegistryClient {
                 .build()
                 .map_err(|e| RegistryError::Config(format!("cannot build HTTP client: {e}")))
         };
-        let verified = build(false)?;
-        let unverified = build(true)?;
-        let mut authorizer =
-            Authorizer::new(options.credentials, verified.clone(), unverified.clone());
-        if let Some(guard) = guard {
-            authorizer = authorizer.with_realm_check(guard);
-        }
+        let unverified = if options.endpoints.insecure_hosts.is_empty() {
+            None
+        } else {
+            Some(build(true)?)
+        };
         Ok(RegistryClient {
-            authorizer,
-            verified,
-            unverified,
-            policy: options.endpoints,
-            max_attempts: options.max_attempts.max(1),
-            transfer: options.transfer,
-            anonymous_options,
+            shared: Arc::new(Shared {
+                verified: build(false)?,
+                unverified,
+                authorizer: Authorizer::with_realm_guard(guard.clone()),
+                redirect_guard: guard,
+                has_ca_file: options.ca_file.is_some(),
+                policy: options.endpoints,
+                retry: RetryPolicy {
+                    deadline: options
+                        .retry_deadline
+                        .unwrap_or(super::retry::DEFAULT_DEADLINE),
+                    ..RetryPolicy::new(options.max_attempts)
+                },
+                transfer: options.transfer,
+                readable: Default::default(),
+            }),
+            credentials: options.credentials,
         })
     }
 
-    /// The same client (endpoints, CA, retries) without any credentials.
+    /// The same client (pool, endpoints, CA, retries, token cache) sending these credentials.
+    pub fn with_credentials(&self, credentials: super::credentials::CredentialStore) -> Self {
+        RegistryClient {
+            shared: self.shared.clone(),
+            credentials,
+        }
+    }
+
+    /// The same client without any credentials.
     pub fn anonymous(&self) -> Result<Self, RegistryError> {
-        Self::new(self.anonymous_options.clone())
+        Ok(self.with_credentials(Default::default()))
+    }
+
+    /// The credentials this view sends (to extend with a request's own secret).
+    pub fn credentials(&self) -> &super::credentials::CredentialStore {
+        &self.credentials
     }
 
     /// Chunking and concurrency settings for blob downloads.
     pub fn transfer(&self) -> &super::TransferOptions {
-        &self.transfer
+        &self.shared.transfer
+    }
+
+    /// The retry policy every request and blob download of this client follows.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.shared.retry
+    }
+
+    /// Token requests this client and its views have made (they share one token cache).
+    pub fn token_requests(&self) -> u64 {
+        self.shared
+            .authorizer
+            .token_requests
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The credentials this client sends to `registry`, if any.
     pub fn credentials_for(&self, registry: &str) -> Option<&super::Credentials> {
-        self.authorizer.credentials_for(registry)
+        self.credentials.lookup(registry)
+    }
+
+    fn readable_key(&self, reference: &Reference) -> (String, String) {
+        let who = self
+            .credentials_for(reference.registry())
+            .map(|c| c.fingerprint())
+            .unwrap_or_default();
+        (who, reference.to_string())
+    }
+
+    /// Notes that the origin just served `reference` to this view's credentials.
+    pub fn note_readable(&self, reference: &Reference, ttl: Duration) {
+        let mut memo = self
+            .shared
+            .readable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        memo.retain(|_, at| at.elapsed() < ttl);
+        memo.insert(self.readable_key(reference), std::time::Instant::now());
+    }
+
+    /// Whether the origin served or confirmed `reference` to these credentials within `ttl`.
+    pub fn readable_recently(&self, reference: &Reference, ttl: Duration) -> bool {
+        let memo = self
+            .shared
+            .readable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        memo.get(&self.readable_key(reference))
+            .is_some_and(|at| at.elapsed() < ttl)
     }
 
     /// Whether the origin registry lets this client read a manifest: a HEAD sent to the
@@ -191,7 +274,7 @@ impl RegistryClient {
             let what = what.clone();
             async move {
                 // A body cut short or damaged on the way is fetched again, like a 5xx.
-                let mut backoff = Backoff::new(self.max_attempts);
+                let mut backoff = self.shared.retry.backoff();
                 loop {
                     let response = self
                         .send(&endpoint, reference.repository(), false, &what, |c| {
@@ -284,7 +367,7 @@ impl RegistryClient {
             (start, None) => Some(format!("bytes={start}-")),
             (start, Some(end)) => Some(format!("bytes={start}-{}", end.saturating_sub(1))),
         };
-        let slot = self.transfer.request_slot().await;
+        let slot = self.shared.transfer.request_slot().await;
         self.with_fallback(reference, |endpoint| {
             let path = path.clone();
             let what = what.clone();
@@ -472,8 +555,17 @@ impl RegistryClient {
         Ok(Digest::of_bytes(&bytes))
     }
 
+    /// The pool for this endpoint: the insecure one only for `--insecure-registry` hosts.
+    fn http(&self, endpoint: &Endpoint) -> &reqwest::Client {
+        match (&self.shared.unverified, endpoint.insecure) {
+            (Some(unverified), true) => unverified,
+            _ => &self.shared.verified,
+        }
+    }
+
     fn origin(&self, reference: &Reference) -> Endpoint {
-        self.policy
+        self.shared
+            .policy
             .endpoints(reference.registry(), reference.api_host())
             .pop()
             .expect("the origin is always the last endpoint")
@@ -490,6 +582,7 @@ impl RegistryClient {
         Fut: std::future::Future<Output = Result<T, RegistryError>>,
     {
         let endpoints = self
+            .shared
             .policy
             .endpoints(reference.registry(), reference.api_host());
         let last = endpoints.len() - 1;
@@ -516,20 +609,22 @@ impl RegistryClient {
         what: &str,
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> Result<Response, RegistryError> {
-        super::tls::require_roots(endpoint, self.anonymous_options.ca_file.is_some())?;
-        let http = if endpoint.insecure {
-            &self.unverified
-        } else {
-            &self.verified
-        };
-        let mut backoff = Backoff::new(self.max_attempts);
+        super::tls::require_roots(endpoint, self.shared.has_ca_file)?;
+        let http = self.http(endpoint);
+        let credentials = self.credentials.lookup(&endpoint.host);
+        let mut backoff = self.shared.retry.backoff();
         let mut reauthorized = false;
         loop {
             let attempt = backoff.attempt();
             // Mirrors are spoken to anonymously: origin credentials never leave for another host.
             let auth = match endpoint.mirror_of {
                 Some(_) => Ok(None),
-                None => self.authorizer.header(endpoint, repository, push).await,
+                None => {
+                    self.shared
+                        .authorizer
+                        .header(http, endpoint, repository, push, credentials)
+                        .await
+                }
             };
             let auth = match auth {
                 Ok(auth) => auth,
@@ -549,7 +644,7 @@ impl RegistryClient {
             let outcome = request.send().await;
             let response = match outcome {
                 Ok(response) => response,
-                Err(e) if e.is_redirect() && self.anonymous_options.redirect_guard.is_some() => {
+                Err(e) if e.is_redirect() && self.shared.redirect_guard.is_some() => {
                     return Err(RegistryError::RedirectRefused {
                         registry: endpoint.host.clone(),
                         what: what.to_string(),
@@ -578,13 +673,19 @@ impl RegistryClient {
                 return Ok(response);
             }
             match status {
-                StatusCode::UNAUTHORIZED if !reauthorized => {
+                StatusCode::UNAUTHORIZED if !reauthorized && endpoint.mirror_of.is_none() => {
                     reauthorized = true;
-                    self.authorizer.invalidate(endpoint, repository, push).await;
+                    let authorizer = &self.shared.authorizer;
+                    authorizer
+                        .invalidate(endpoint, repository, push, credentials)
+                        .await;
+                    if let Some(challenge) = header_str(response.headers(), "www-authenticate") {
+                        authorizer.learn(endpoint, &challenge).await;
+                    }
                     continue;
                 }
                 StatusCode::UNAUTHORIZED => {
-                    let has_credentials = self.authorizer.credentials_for(&endpoint.host).is_some();
+                    let has_credentials = credentials.is_some();
                     return Err(RegistryError::Unauthorized {
                         registry: endpoint.host.clone(),
                         repository: repository.to_string(),

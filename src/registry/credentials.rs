@@ -57,21 +57,21 @@ struct DockerAuthEntry {
 }
 
 impl CredentialStore {
-    /// Reads the first config that exists: `explicit`, `$DOCKER_CONFIG/config.json`,
+    /// Reads `explicit`, else `$DOCKER_CONFIG/config.json` when `$DOCKER_CONFIG` is set (that
+    /// directory only, as docker does: no fallback to the home directory), else
     /// `~/.docker/config.json`. An explicit file that is missing or unreadable is an error;
     /// the default locations are optional.
     pub fn load(explicit: Option<&Path>) -> Result<Self, RegistryError> {
         if let Some(path) = explicit {
             return Self::from_file(path);
         }
-        let mut candidates: Vec<PathBuf> = Vec::new();
-        if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
-            candidates.push(Path::new(&dir).join("config.json"));
-        }
-        if let Some(home) = std::env::var_os("HOME") {
-            candidates.push(Path::new(&home).join(".docker/config.json"));
-        }
-        match candidates.into_iter().find(|p| p.is_file()) {
+        let path: Option<PathBuf> = match std::env::var_os("DOCKER_CONFIG") {
+            Some(dir) => Some(Path::new(&dir).join("config.json")),
+            None => {
+                std::env::var_os("HOME").map(|home| Path::new(&home).join(".docker/config.json"))
+            }
+        };
+        match path.filter(|p| p.is_file()) {
             Some(path) => Self::from_file(&path),
             None => Ok(Self::default()),
         }

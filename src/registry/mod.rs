@@ -1,5 +1,6 @@
-//! The OCI distribution client: authentication (anonymous, basic, bearer tokens), mirrors,
-//! retries and ranged blob reads. It knows nothing of the cache or of CSI.
+//! The OCI distribution client: one connection pool, authentication (anonymous, basic, bearer
+//! tokens through our own token flow), mirrors, one retry policy and ranged blob reads. It knows
+//! nothing of the cache or of CSI.
 
 mod auth;
 mod client;
@@ -17,4 +18,5 @@ pub use client::{
 pub use credentials::{CredentialStore, Credentials};
 pub use endpoint::EndpointPolicy;
 pub use error::RegistryError;
+pub use retry::{Backoff, RetryPolicy};
 pub use transfer::{TransferOptions, DEFAULT_MAX_REQUESTS};

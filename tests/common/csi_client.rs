@@ -21,14 +21,15 @@ use tugboat::csi::proto::{
     NodePublishVolumeRequest, NodeUnpublishVolumeRequest, ProbeRequest, VolumeCapability,
 };
 
-/// Whether this process may bind-mount (root on Linux with CAP_SYS_ADMIN). Prints why not.
+/// Whether this process may bind-mount (root on Linux with CAP_SYS_ADMIN). Says why not, and
+/// fails the test under `CI` (see [`super::skip`]).
 pub fn can_mount() -> bool {
     if !cfg!(target_os = "linux") {
-        eprintln!("SKIP: the CSI tests need Linux bind mounts");
+        super::skip("the CSI tests need Linux bind mounts");
         return false;
     }
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: the CSI tests need root (real bind mounts); run them as root");
+        super::skip("the CSI tests need root (real bind mounts); run them as root");
         return false;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -41,7 +42,9 @@ pub fn can_mount() -> bool {
             true
         }
         Err(errno) => {
-            eprintln!("SKIP: bind mounts are not permitted here ({errno}); the CSI tests need CAP_SYS_ADMIN");
+            super::skip(&format!(
+                "bind mounts are not permitted here ({errno}); the CSI tests need CAP_SYS_ADMIN"
+            ));
             false
         }
     }

@@ -38,6 +38,8 @@ pub struct Registry {
     port: u16,
     child: Option<Child>,
     credentials: Option<(String, String)>,
+    /// The token server of a registry started with [`Registry::start_with_token`].
+    token_server: Option<Child>,
     /// The CA that signed the registry's TLS certificate ([`Registry::start_tls`]).
     tls_ca: Option<PathBuf>,
 }
@@ -62,19 +64,78 @@ pub struct LoggedRequest {
 impl Registry {
     /// Start an anonymous registry on a free loopback port.
     pub fn start() -> Registry {
-        Self::start_inner(None)
+        Self::start_inner(None, None)
     }
 
     /// Start a registry that requires HTTP basic auth (htpasswd, bcrypt) for everything.
     pub fn start_with_htpasswd(user: &str, pass: &str) -> Registry {
-        Self::start_inner(Some((user.to_string(), pass.to_string())))
+        Self::start_inner(Some((user.to_string(), pass.to_string())), None)
+    }
+
+    /// Start a registry that requires bearer tokens (the flow Harbor and Docker Hub use) from
+    /// a token server (tests/common/token_server.py) that grants `user`/`pass` pull and push.
+    pub fn start_with_token(user: &str, pass: &str) -> Registry {
+        Self::start_with_token_lifetime(user, pass, 300)
+    }
+
+    /// [`Self::start_with_token`] whose token server announces `expires_in` seconds.
+    pub fn start_with_token_lifetime(user: &str, pass: &str, expires_in: u64) -> Registry {
+        Self::start_inner(Some((user.to_string(), pass.to_string())), Some(expires_in))
+    }
+
+    /// Token requests the token server has answered (0 without one).
+    pub fn token_requests(&self) -> usize {
+        fs::read_to_string(self.dir.path().join("token.log"))
+            .map(|log| log.lines().count())
+            .unwrap_or(0)
+    }
+
+    /// Starts the token server; returns the registry config's `auth:` section.
+    fn start_token_server(&mut self, user: &str, pass: &str, expires_in: u64) -> String {
+        let dir = self.dir.path();
+        let (key, cert) = (dir.join("token-key.pem"), dir.join("token-cert.pem"));
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=tugboat-test-token-issuer", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("run openssl");
+        assert!(out.status.success(), "openssl: {out:?}");
+        let port = free_port();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/token_server.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(&key)
+            .arg(&cert)
+            .args(["tugboat-test-registry", user, pass])
+            .arg(dir.join("token.log"))
+            .arg(expires_in.to_string())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn the token server (python3)");
+        self.token_server = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the token server did not start");
+            thread::sleep(Duration::from_millis(50));
+        }
+        fs::remove_file(dir.join("token.log")).ok();
+        format!(
+            "auth:\n  token:\n    realm: http://127.0.0.1:{port}/token\n    service: tugboat-test-registry\n    issuer: tugboat-test-issuer\n    rootcertbundle: {}\n",
+            cert.display()
+        )
     }
 
     /// Start an anonymous registry serving HTTPS on a free loopback port, with a certificate
     /// for 127.0.0.1 signed by a fresh CA ([`Registry::tls_ca`]; `openssl` makes both).
     #[allow(dead_code)]
     pub fn start_tls() -> Registry {
-        Self::start_with(None, true)
+        Self::start_with(None, None, true)
     }
 
     /// The PEM file of the CA that signed this registry's certificate (TLS registries only).
@@ -83,11 +144,15 @@ impl Registry {
         self.tls_ca.as_deref().expect("not a TLS registry")
     }
 
-    fn start_inner(credentials: Option<(String, String)>) -> Registry {
-        Self::start_with(credentials, false)
+    fn start_inner(credentials: Option<(String, String)>, token: Option<u64>) -> Registry {
+        Self::start_with(credentials, token, false)
     }
 
-    fn start_with(credentials: Option<(String, String)>, tls: bool) -> Registry {
+    fn start_with(
+        credentials: Option<(String, String)>,
+        token: Option<u64>,
+        tls: bool,
+    ) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("tugboat-registry-")
             .tempdir()
@@ -96,8 +161,19 @@ impl Registry {
         let root = dir.path().join("storage");
         fs::create_dir_all(&root).unwrap();
 
+        let mut registry = Registry {
+            dir,
+            port,
+            child: None,
+            credentials: credentials.clone(),
+            token_server: None,
+            tls_ca: None,
+        };
+        let dir = &registry.dir;
         let mut auth = String::new();
-        if let Some((user, pass)) = &credentials {
+        if let (Some(expires_in), Some((user, pass))) = (token, &credentials) {
+            auth = registry.start_token_server(user, pass, expires_in);
+        } else if let Some((user, pass)) = &credentials {
             let out = Command::new("htpasswd")
                 .args(["-Bbn", user, pass])
                 .output()
@@ -110,16 +186,15 @@ impl Registry {
                 htpasswd.display()
             );
         }
-        let mut tls_ca = None;
         let mut tls_config = String::new();
         if tls {
-            let (ca, cert, key) = make_tls_certificate(dir.path());
+            let (ca, cert, key) = make_tls_certificate(registry.dir.path());
             tls_config = format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
                 cert.display(),
                 key.display()
             );
-            tls_ca = Some(ca);
+            registry.tls_ca = Some(ca);
         }
         // No `storage.cache` section: the registry stats the blob file on every request,
         // so tests that corrupt or truncate stored blobs see their change served.
@@ -131,15 +206,7 @@ impl Registry {
              {tls_config}{auth}",
             root = root.display(),
         );
-        fs::write(dir.path().join("config.yml"), config).unwrap();
-
-        let mut registry = Registry {
-            dir,
-            port,
-            child: None,
-            credentials,
-            tls_ca,
-        };
+        fs::write(registry.dir.path().join("config.yml"), config).unwrap();
         registry.spawn();
         registry
     }
@@ -217,6 +284,13 @@ impl Registry {
     /// Kill the registry process (storage and log are kept).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn stop_token_server(&mut self) {
+        if let Some(mut child) = self.token_server.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -335,7 +409,17 @@ impl Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         self.stop();
+        self.stop_token_server();
     }
+}
+
+/// Says that a test cannot run here and why. Where `CI` is set (as `.ci/run` sets it) a test
+/// that cannot run fails instead: CI must never report a skipped test as passed.
+pub fn skip(reason: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("cannot run with CI set: {reason}");
+    }
+    eprintln!("SKIP: {reason}");
 }
 
 /// Bind 127.0.0.1:0, note the port, release it.
@@ -434,73 +518,6 @@ fn parse_logfmt(line: &str) -> Vec<(String, String)> {
         out.push((key, value));
     }
     out
-}
-
-/// A CA and a server certificate for 127.0.0.1 it signed, made with `openssl` in `dir`:
-/// returns (CA PEM, certificate PEM, key PEM).
-fn make_tls_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl (apt-get install openssl)");
-        assert!(out.status.success(), "openssl {args:?}: {out:?}");
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=tugboat test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-        "-out",
-        "server.pem",
-    ]);
-    (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1104,4 +1121,71 @@ pub fn get_blob(host: &str, repo: &str, digest: &str, range_start: Option<u64>) 
     let mut body = Vec::new();
     resp.into_reader().read_to_end(&mut body).unwrap();
     body
+}
+
+/// A CA and a server certificate for 127.0.0.1 it signed, made with `openssl` in `dir`:
+/// returns (CA PEM, certificate PEM, key PEM).
+fn make_tls_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl (apt-get install openssl)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tugboat test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
 }

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Warm pulls (the model is in the cache) at several model sizes: how long `tugboat pull
+# REF@digest --dest NEW --cache C` takes when nothing is downloaded, for each way of making
+# --dest files, and the re-run into a destination that already holds the model (its stamp).
+# Each size is pushed, pulled cold once into the cache, then measured RUNS times (median).
+#
+#   bash bench/warm.sh                       # 100 MiB and 2 GiB
+#   SIZES_MIB="100 2048 20480" bash bench/warm.sh
+#
+# Needs about 2x the largest size free (registry storage + cache), plus 1x for the copy
+# mode; a size that does not fit is skipped with a message. Model bytes are random.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+
+SIZES_MIB=${SIZES_MIB:-"100 2048"}
+RUNS=${RUNS:-5}
+
+need_packages
+if [ -z "${TUGBOAT:-}" ]; then
+  cargo build --release --locked --quiet
+  TUGBOAT=$PWD/target/release/tugboat
+fi
+
+WORK=$(mktemp -d -p "${BENCH_DIR:-/var/tmp}")
+trap 'kill "${REGISTRY_PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+start_registry "$WORK/registry"
+
+# median_ms CMD...: the median wall time of RUNS runs, in milliseconds (each run's target
+# directory is cleared first by the caller-provided PREPARE function).
+median_ms() {
+  local times=() start end
+  for _ in $(seq "$RUNS"); do
+    prepare
+    start=$(date +%s%N)
+    "$@" >/dev/null 2>&1
+    end=$(date +%s%N)
+    times+=($(( (end - start) / 1000000 )))
+  done
+  printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p"
+}
+
+printf '%-10s %-14s %-14s %-14s %-10s\n' size "copy (ms)" "--link hard" "stamp hit" "fs"
+for mib in $SIZES_MIB; do
+  free_mib=$(( $(df -Pk "$WORK" | awk 'NR==2 {print $4}') / 1024 ))
+  if [ "$free_mib" -lt $(( mib * 3 + 1024 )) ]; then
+    echo "$mib MiB: skipped, needs $(( mib * 3 + 1024 )) MiB free, $free_mib MiB are" >&2
+    continue
+  fi
+  rm -rf "$WORK/model" "$WORK/cache" "$WORK/dest"
+  mkdir -p "$WORK/model"
+  write_random "$WORK/model/model.safetensors" "$mib" 7
+  echo '{"architecture":"llama"}' > "$WORK/model/config.json"
+  "$TUGBOAT" push "$WORK/model" "$REGISTRY/bench/warm:$mib" --plain-http --json \
+    > "$WORK/push.json" 2>/dev/null
+  rm -rf "$WORK/model"
+  digest=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["digest"])' "$WORK/push.json")
+  REF=$REGISTRY/bench/warm@$digest
+  "$TUGBOAT" pull "$REF" --cache "$WORK/cache" --plain-http >/dev/null 2>&1
+  # The registry is stopped: a warm pull by digest must not need it.
+  kill "$REGISTRY_PID"; wait "$REGISTRY_PID" 2>/dev/null || true
+
+  prepare() { rm -rf "$WORK/dest"; sync; }
+  copy=$(median_ms "$TUGBOAT" pull "$REF" --dest "$WORK/dest" --cache "$WORK/cache" --plain-http)
+  hard=$(median_ms "$TUGBOAT" pull "$REF" --dest "$WORK/dest" --cache "$WORK/cache" --plain-http --link hard)
+  "$TUGBOAT" pull "$REF" --dest "$WORK/dest" --cache "$WORK/cache" --plain-http >/dev/null 2>&1
+  prepare() { :; }
+  stamp=$(median_ms "$TUGBOAT" pull "$REF" --dest "$WORK/dest" --cache "$WORK/cache" --plain-http)
+  fs=$(df -PT "$WORK" | awk 'NR==2 {print $2}')
+  printf '%-10s %-14s %-14s %-14s %-10s\n' "${mib}MiB" "$copy" "$hard" "$stamp" "$fs"
+  rm -rf "$WORK/cache" "$WORK/dest" "$WORK/registry/data"
+  start_registry "$WORK/registry"
+done
