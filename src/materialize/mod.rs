@@ -6,6 +6,7 @@
 pub mod extract;
 pub mod limits;
 pub mod stamp;
+pub mod stream;
 
 use crate::artifact::{Action, Plan};
 use crate::cache::{remove_tree, Cache, CacheError, SnapshotFile};
