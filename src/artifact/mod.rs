@@ -255,7 +255,10 @@ fn check_names_agree(manifest: &Manifest) -> Result<(), ArtifactError> {
     for layer in &manifest.layers {
         let (Some(title), Some(filepath)) = (
             layer.annotations.get(oras::TITLE),
-            layer.annotations.get(modelpack::FILEPATH),
+            layer
+                .annotations
+                .get(modelpack::FILEPATH)
+                .or_else(|| layer.annotations.get(modelpack::CNAI_FILEPATH)),
         ) else {
             continue;
         };
