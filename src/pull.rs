@@ -56,6 +56,8 @@ pub struct PullRequest {
 pub struct Layout {
     pub selection: artifact::Selection,
     pub limits: materialize::Limits,
+    /// Which variant of a ModelKit index (`--variant`); `None` for an index of one.
+    pub variant: Option<String>,
 }
 
 impl PullRequest {
@@ -207,7 +209,9 @@ pub async fn pull(
     };
 
     let top_digest = resolve_digest(&cache, &source, request.policy).await?;
-    let (manifest_digest, manifest) = load_manifest(&cache, &source, &top_digest).await?;
+    let variant = request.layout.variant.as_deref();
+    let (manifest_digest, manifest) =
+        load_manifest(&cache, &source, &top_digest, variant).await?;
     if !ephemeral {
         note_registry_access(&cache, &source, &manifest_digest).await?;
     }
@@ -298,6 +302,10 @@ pub async fn pull(
 /// The destination already holds this model (a restored PVC, a re-run init container).
 fn stamp_hit(request: &PullRequest, started: Instant) -> Option<PullReport> {
     let dest = request.dest.as_ref()?;
+    // The stamp records the variant's manifest, not the name that chose it: ask the cache.
+    if request.layout.variant.is_some() {
+        return None;
+    }
     let reference = &request.reference;
     let stamp = Stamp::read(dest)?;
     let same_model = match reference.digest() {
@@ -447,11 +455,13 @@ async fn resolve_digest(
     Ok(digest)
 }
 
-/// Reads (cache first) the manifest `digest` names; an index resolves to one of its manifests.
+/// Reads (cache first) the manifest `digest` names; an index resolves to one of its manifests
+/// (for a ModelKit index, the `variant` named).
 async fn load_manifest(
     cache: &Cache,
     source: &Source<'_>,
     digest: &Digest,
+    variant: Option<&str>,
 ) -> Result<(Digest, Manifest), PullError> {
     let mut digest = digest.clone();
     for _ in 0..2 {
@@ -478,13 +488,30 @@ async fn load_manifest(
             source: error,
         };
         match artifact::manifest::parse(&bytes, None).map_err(artifact_error)? {
+            Parsed::Manifest(_) if variant.is_some() => {
+                return Err(artifact_error(ArtifactError::NotAnIndex {
+                    wanted: variant.unwrap_or_default().to_string(),
+                }))
+            }
             Parsed::Manifest(manifest) => return Ok((digest, *manifest)),
             Parsed::Index(entries) => {
-                let chosen = artifact::manifest::select_from_index(&entries).ok_or_else(|| {
-                    artifact_error(ArtifactError::Malformed {
-                        detail: "the image index lists no manifests".into(),
-                    })
-                })?;
+                let variants = artifact::kitops::variants(&bytes, &entries);
+                let chosen = match (&variants, variant) {
+                    (Some(variants), _) => &artifact::kitops::choose(variants, variant)
+                        .map_err(artifact_error)?
+                        .manifest,
+                    (None, Some(wanted)) => {
+                        return Err(artifact_error(ArtifactError::NotAnIndex {
+                            wanted: wanted.to_string(),
+                        }))
+                    }
+                    (None, None) => artifact::manifest::select_from_index(&entries)
+                        .ok_or_else(|| {
+                            artifact_error(ArtifactError::Malformed {
+                                detail: "the image index lists no manifests".into(),
+                            })
+                        })?,
+                };
                 if chosen.digest == digest {
                     return Err(artifact_error(ArtifactError::Malformed {
                         detail: "the image index lists itself".into(),

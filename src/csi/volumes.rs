@@ -192,7 +192,7 @@ impl Volumes {
         )?;
         let key = (
             request.reference.to_string(),
-            format!("{:?}", request.policy),
+            format!("{:?} {:?}", request.policy, request.variant),
             secrets::fingerprint(&request.secrets),
         );
         let pull_request = PullRequest {
@@ -203,7 +203,10 @@ impl Volumes {
             verify: false,
             concurrency: 4,
             format: None,
-            layout: Default::default(),
+            layout: pull::Layout {
+                variant: request.variant.clone(),
+                ..Default::default()
+            },
         };
         let metrics = self.metrics.clone();
         let work = move || async move {
