@@ -2,7 +2,6 @@
 //! -> destination. Pull policies decide when the registry is asked at all.
 
 use crate::artifact::{self, Action, ArtifactError, Format, Manifest, Parsed, Plan};
-use std::collections::HashSet;
 use crate::cache::{
     Cache, CacheError, ChunkedIngest, Ingest, SnapshotFile, SnapshotInfo, SnapshotSlot,
 };
@@ -13,6 +12,7 @@ use crate::reference::Reference;
 use crate::registry::{FetchedManifest, RegistryClient, RegistryError};
 use crate::tenancy;
 use futures_util::{StreamExt, TryStreamExt};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -171,7 +171,12 @@ impl PullError {
             PullError::ManifestMismatch { .. } | PullError::Truncated { .. } => {
                 FailureKind::Integrity
             }
-            PullError::Artifact { .. } => FailureKind::Integrity,
+            PullError::Artifact {
+                source: ArtifactError::Malformed { .. },
+                ..
+            } => FailureKind::Integrity,
+            // Unknown or unsupported packaging, a variant not named: the request must change.
+            PullError::Artifact { .. } => FailureKind::Input,
             PullError::NotCached { .. } => FailureKind::Refused,
             PullError::NoTarget => FailureKind::Input,
             PullError::PrivateDenied { source, .. } if !source.is_refusal() => FailureKind::Network,
@@ -210,8 +215,7 @@ pub async fn pull(
 
     let top_digest = resolve_digest(&cache, &source, request.policy).await?;
     let variant = request.layout.variant.as_deref();
-    let (manifest_digest, manifest) =
-        load_manifest(&cache, &source, &top_digest, variant).await?;
+    let (manifest_digest, manifest) = load_manifest(&cache, &source, &top_digest, variant).await?;
     if !ephemeral {
         note_registry_access(&cache, &source, &manifest_digest).await?;
     }
@@ -464,6 +468,8 @@ async fn load_manifest(
     variant: Option<&str>,
 ) -> Result<(Digest, Manifest), PullError> {
     let mut digest = digest.clone();
+    // A variant names an entry of the index the reference points at, not the manifest chosen.
+    let mut variant = variant;
     for _ in 0..2 {
         let bytes = match cache.manifest(&digest)? {
             Some(bytes) => bytes,
@@ -497,20 +503,23 @@ async fn load_manifest(
             Parsed::Index(entries) => {
                 let variants = artifact::kitops::variants(&bytes, &entries);
                 let chosen = match (&variants, variant) {
-                    (Some(variants), _) => &artifact::kitops::choose(variants, variant)
-                        .map_err(artifact_error)?
-                        .manifest,
+                    (Some(variants), _) => {
+                        &artifact::kitops::choose(variants, variant)
+                            .map_err(artifact_error)?
+                            .manifest
+                    }
                     (None, Some(wanted)) => {
                         return Err(artifact_error(ArtifactError::NotAnIndex {
                             wanted: wanted.to_string(),
                         }))
                     }
-                    (None, None) => artifact::manifest::select_from_index(&entries)
-                        .ok_or_else(|| {
+                    (None, None) => {
+                        artifact::manifest::select_from_index(&entries).ok_or_else(|| {
                             artifact_error(ArtifactError::Malformed {
                                 detail: "the image index lists no manifests".into(),
                             })
-                        })?,
+                        })?
+                    }
                 };
                 if chosen.digest == digest {
                     return Err(artifact_error(ArtifactError::Malformed {
@@ -518,6 +527,7 @@ async fn load_manifest(
                     }));
                 }
                 tracing::debug!(index = %digest, manifest = %chosen.digest, "index resolved");
+                variant = None;
                 digest = chosen.digest.clone();
             }
         }
@@ -975,14 +985,18 @@ async fn build_snapshot(
                 fetched += bytes;
                 tree
             }
-            action => blocking(move || {
-                match &action {
-                    Action::File { path } => tree.place_blob(path, &blob, &entry.blob)?,
-                    Action::Unpack(unpack) => tree.unpack(&blob, &entry.blob, unpack, &selection)?,
-                }
-                Ok(tree)
-            })
-            .await?,
+            action => {
+                blocking(move || {
+                    match &action {
+                        Action::File { path } => tree.place_blob(path, &blob, &entry.blob)?,
+                        Action::Unpack(unpack) => {
+                            tree.unpack(&blob, &entry.blob, unpack, &selection)?
+                        }
+                    }
+                    Ok(tree)
+                })
+                .await?
+            }
         };
     }
     let info = SnapshotInfo {
@@ -1079,8 +1093,7 @@ async fn stream_layer(
     if prefix > 0 {
         tracing::info!(digest = %blob.digest, bytes = prefix, "unpacking the bytes an interrupted pull left, then resuming the download");
     }
-    let (sender, receiver) =
-        tokio::sync::mpsc::channel(materialize::stream::CHANNEL_CHUNKS);
+    let (sender, receiver) = tokio::sync::mpsc::channel(materialize::stream::CHANNEL_CHUNKS);
     let partial = writer.partial_path().to_path_buf();
     let descriptor = blob.clone();
     let extractor = tokio::task::spawn_blocking(move || {

@@ -34,11 +34,13 @@ enum Layer {
 }
 
 fn classify(media_type: &str) -> Option<Layer> {
-    let file = |stem, extension, kind| Some(Layer::File {
-        stem,
-        extension,
-        kind,
-    });
+    let file = |stem, extension, kind| {
+        Some(Layer::File {
+            stem,
+            extension,
+            kind,
+        })
+    };
     match media_type.strip_prefix(LAYER_PREFIX)? {
         "gguf.v3" => file("model", "gguf", Kind::Weights),
         "safetensors" => file("model", "safetensors", Kind::Weights),

@@ -74,16 +74,15 @@ pub fn plan(manifest: &Manifest) -> Result<Vec<PlanEntry>, ArtifactError> {
             });
         };
         let action = if packing == "raw" {
-            let path = layer
-                .annotations
-                .get(modelpack::FILEPATH)
-                .ok_or_else(|| ArtifactError::Malformed {
+            let path = layer.annotations.get(modelpack::FILEPATH).ok_or_else(|| {
+                ArtifactError::Malformed {
                     detail: format!(
                         "raw layer {} has no {} annotation: its file has no name",
                         layer.digest,
                         modelpack::FILEPATH
                     ),
-                })?;
+                }
+            })?;
             Action::File {
                 path: annotated_path(modelpack::FILEPATH, path)?,
             }

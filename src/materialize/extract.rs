@@ -813,20 +813,6 @@ impl Read for CappedHashingReader {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn relative_links() {
-        let p = |s: &str| SafePath::new(s).unwrap();
-        assert_eq!(relative_link(&p("a/b/link"), Some(&p("a/c"))), "../c");
-        assert_eq!(relative_link(&p("link"), Some(&p("x/y"))), "x/y");
-        assert_eq!(relative_link(&p("a/link"), None), "..");
-        assert_eq!(relative_link(&p("a/link"), Some(&p("a"))), ".");
-    }
-}
-
 /// fsyncs every regular file and folder below (and including) `dir`; symlinks are skipped.
 fn sync_tree(dir: &Path) -> Result<(), MaterializeError> {
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
@@ -844,4 +830,18 @@ fn sync_tree(dir: &Path) -> Result<(), MaterializeError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_links() {
+        let p = |s: &str| SafePath::new(s).unwrap();
+        assert_eq!(relative_link(&p("a/b/link"), Some(&p("a/c"))), "../c");
+        assert_eq!(relative_link(&p("link"), Some(&p("x/y"))), "x/y");
+        assert_eq!(relative_link(&p("a/link"), None), "..");
+        assert_eq!(relative_link(&p("a/link"), Some(&p("a"))), ".");
+    }
 }
