@@ -254,6 +254,7 @@ pub async fn pull(
                 plan: &plan,
                 streamed: &streamed,
                 limits: request.layout.limits,
+                concurrency: request.concurrency,
                 progress,
             };
             let (info, dir, streamed_bytes) =
@@ -947,6 +948,8 @@ struct SnapshotJob<'a> {
     /// Archive layers to download and unpack at once (see `streamed_layers`).
     streamed: &'a HashSet<Digest>,
     limits: materialize::Limits,
+    /// Downloads at once: streamed layers after the first are fetched ahead into their partials.
+    concurrency: usize,
     progress: &'a Progress,
 }
 
@@ -966,10 +969,116 @@ async fn build_snapshot(
         SnapshotSlot::Ready(info) => return Ok((info, cache.snapshot_dir(snapshot_id), 0)),
         SnapshotSlot::Build(builder) => builder,
     };
-    let mut tree = materialize::extract::Tree::new(builder.dir(), job.limits);
+    // Archives are unpacked one after another (in manifest order), but their downloads need
+    // not wait: later streamed layers are fetched ahead into their partials, which their turn
+    // then reads back from disk (page cache) before resuming from the network.
+    let claimed = std::sync::Mutex::new(HashSet::new());
+    let ahead: Vec<&artifact::Descriptor> = plan
+        .entries
+        .iter()
+        .filter(|e| job.streamed.contains(&e.blob.digest))
+        .map(|e| &e.blob)
+        .skip(1)
+        .collect();
+    let prefetch = futures_util::stream::iter(
+        ahead
+            .into_iter()
+            .map(|blob| fetch_ahead(cache, source, blob, &claimed))
+            .collect::<Vec<_>>(),
+    )
+    .buffer_unordered(job.concurrency.saturating_sub(1).max(1))
+    .fold(0u64, |total, bytes| async move { total + bytes });
+    let dir = builder.dir().to_path_buf();
+    let build = build_tree_streaming(cache, source, &dir, &job, &claimed);
+    tokio::pin!(prefetch, build);
+    // When the tree is done (or refused) first, what is still fetching ahead is dropped.
+    let (built, ahead_bytes) = tokio::select! {
+        built = &mut build => (built, 0),
+        bytes = &mut prefetch => (build.await, bytes),
+    };
+    let (tree, partials, fetched) = match built {
+        Ok(built) => built,
+        Err(e @ PullError::Materialize(_)) => {
+            // A refused archive: keep nothing of this model's streamed layers.
+            for digest in job.streamed {
+                discard_partial(cache, digest).await;
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    let fetched = fetched + ahead_bytes;
+    build_snapshot_commit(source, snapshot_id, builder, &job, tree, partials, fetched).await
+}
+
+/// Deletes a streamed layer's partial download, under its lock.
+async fn discard_partial(cache: &Cache, digest: &Digest) {
+    if let Ok(Ingest::Needed(writer)) = cache.ingest(digest, u64::MAX).await {
+        writer.discard().await;
+    }
+}
+
+/// Fetches a streamed layer ahead of its turn into its partial (no extraction), unless its
+/// turn has come. Failures are left to the layer's own download; returns the bytes fetched.
+async fn fetch_ahead(
+    cache: &Cache,
+    source: &Source<'_>,
+    blob: &artifact::Descriptor,
+    claimed: &std::sync::Mutex<HashSet<Digest>>,
+) -> u64 {
+    let is_claimed = || claimed.lock().expect("claims lock").contains(&blob.digest);
+    if is_claimed() {
+        return 0;
+    }
+    let Ok(registry) = source.online() else {
+        return 0;
+    };
+    let mut writer = match cache.ingest(&blob.digest, blob.size).await {
+        Ok(Ingest::Needed(writer)) => writer,
+        _ => return 0,
+    };
+    if is_claimed() {
+        // Its turn came while we waited for the lock: the extractor's download takes over.
+        let _ = writer.suspend().await;
+        return 0;
+    }
+    let mut bar = crate::progress::Progress::hidden().blob("", blob.size, writer.offset());
+    let mut fetched = 0u64;
+    let feed = Feed {
+        bar: &mut bar,
+        fetched: &mut fetched,
+        tap: None,
+    };
+    if let Err(e) = download_with_resume(source, registry, blob, &mut writer, feed).await {
+        tracing::debug!(digest = %blob.digest, error = %e, "fetching ahead stopped; the layer's turn resumes it");
+    }
+    writer.abandon_keeping_partial().await;
+    fetched
+}
+
+type BuiltTree = (
+    materialize::extract::Tree,
+    Vec<crate::cache::BlobWriter>,
+    u64,
+);
+
+/// Lays every plan entry into the builder's tree, in order (see `build_snapshot`).
+async fn build_tree_streaming(
+    cache: &Cache,
+    source: &Source<'_>,
+    dir: &std::path::Path,
+    job: &SnapshotJob<'_>,
+    claimed: &std::sync::Mutex<HashSet<Digest>>,
+) -> Result<BuiltTree, PullError> {
+    let plan = job.plan;
+    let mut tree = materialize::extract::Tree::new(dir, job.limits);
     let mut partials = Vec::new();
     let mut fetched = 0u64;
     for entry in &plan.entries {
+        claimed
+            .lock()
+            .expect("claims lock")
+            .insert(entry.blob.digest.clone());
         let (entry, selection) = (entry.clone(), plan.selection.clone());
         let blob = cache.blob_path(&entry.blob.digest);
         tree = match entry.action {
@@ -999,6 +1108,20 @@ async fn build_snapshot(
             }
         };
     }
+    Ok((tree, partials, fetched))
+}
+
+/// Syncs the built tree, publishes the snapshot, then deletes the streamed layers' partials.
+async fn build_snapshot_commit(
+    source: &Source<'_>,
+    snapshot_id: &Digest,
+    builder: crate::cache::SnapshotBuilder,
+    job: &SnapshotJob<'_>,
+    tree: materialize::extract::Tree,
+    partials: Vec<crate::cache::BlobWriter>,
+    fetched: u64,
+) -> Result<(SnapshotInfo, PathBuf, u64), PullError> {
+    let plan = job.plan;
     let info = SnapshotInfo {
         reference: source.reference.to_string(),
         digest: snapshot_id.clone(),
