@@ -50,7 +50,7 @@ push_packing() {
       layers+=(--layer "$WORK/model/shard$i:application/vnd.cncf.model.weight.v1.$packing")
     fi
   done
-  (cd "$WORK" && modelpack --insecure push "$REGISTRY/bench/model:$packing" \
+  (cd "$WORK" && modelpack --insecure push "$REGISTRY/bench/model:${packing//+/-}" \
     --config "$WORK/config.json" "${layers[@]}" >/dev/null)
 }
 
@@ -76,7 +76,7 @@ for packing in $PACKINGS; do
 done
 for packing in $PACKINGS; do
   echo "== pulling $packing"
-  measure "$packing" "$TUGBOAT" pull "$REGISTRY/bench/model:$packing" --plain-http \
+  measure "$packing" "$TUGBOAT" pull "$REGISTRY/bench/model:${packing//+/-}" --plain-http \
     --cache "$WORK/cache"
 done
 echo "== dd conv=fdatasync"

@@ -299,6 +299,14 @@ mod tests {
     }
 
     #[test]
+    fn the_variant_attribute_names_a_modelkit_variant() {
+        assert_eq!(publish(&valid()).unwrap().variant, None);
+        let mut r = valid();
+        r.volume_context.insert(VARIANT.into(), " q4_0 ".into());
+        assert_eq!(publish(&r).unwrap().variant.as_deref(), Some("q4_0"));
+    }
+
+    #[test]
     fn static_pv_volume_handle_names_the_model() {
         let mut r = valid();
         r.volume_context.clear();
