@@ -11,7 +11,7 @@ use std::path::Path;
 use tokio::sync::mpsc::Receiver;
 
 /// Chunks in flight between the download and the extractor.
-pub const CHANNEL_CHUNKS: usize = 64;
+pub const CHANNEL_CHUNKS: usize = 4;
 
 pub struct StreamSource {
     prefix: Option<io::Take<File>>,
