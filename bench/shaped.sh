@@ -9,6 +9,8 @@
 #
 #   bash bench/shaped.sh                               # 2 GiB x 1 layer and 512 MiB x 4 layers
 #   RTT_MS=40 CONN_MBPS=25 TOTAL_MBPS=400 RUNS=3 bash bench/shaped.sh
+#   PACKING=tar TOOLS=tugboat MODELS=4x512 bash bench/shaped.sh   # one-file tar layers (modctl's
+#                                               layout, pushed with modelpack-client), tugboat only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -19,6 +21,9 @@ TOTAL_MBPS=${TOTAL_MBPS:-400} # MB/s on the link in total (tbf)
 RUNS=${RUNS:-1}
 MODELS=${MODELS:-"1x2048 4x512"}  # LAYERSxMiB per model
 NET=${NET:-10.213.77}             # the /30: .1 clients, .2 registry
+PACKING=${PACKING:-raw}           # raw: one file per layer (tugboat push); tar: one-file tar layers
+TOOLS=${TOOLS:-"tugboat tugboat-1-stream skopeo oras-py"}
+wants() { case " $TOOLS " in *" $1 "*) return 0 ;; esac; return 1; }
 
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)" >&2; exit 1; }
 need_packages skopeo time
@@ -97,7 +102,8 @@ measure() {
 
 # check_digests DIR: every pulled file matches the file pushed.
 check_digests() {
-  (cd "$WORK/model" && sha256sum -- *) | sed "s|  |  $1/|" | sha256sum -c --quiet - ||
+  (cd "$WORK/model" && find . -type f -exec sha256sum {} +) | sed "s|  \./|  $1/|" |
+    sha256sum -c --quiet - ||
     { echo "digest mismatch in $1" >&2; exit 1; }
 }
 
@@ -105,25 +111,47 @@ for spec in $MODELS; do
   layers=${spec%x*} mib=${spec#*x}
   model="${layers}x${mib}MiB"
   rm -rf "$WORK/model" && mkdir -p "$WORK/model"
+  pushed=()
   for i in $(seq 1 "$layers"); do
-    write_random "$WORK/model/model-0000$i-of-0000$layers.safetensors" "$mib" "$i"
+    name=model-0000$i-of-0000$layers.safetensors
+    if [ "$PACKING" = tar ]; then
+      mkdir -p "$WORK/model/shard$i"
+      write_random "$WORK/model/shard$i/$name" "$mib" "$i"
+      pushed+=(--layer "$WORK/model/shard$i:application/vnd.cncf.model.weight.v1.tar")
+    else
+      write_random "$WORK/model/$name" "$mib" "$i"
+    fi
   done
   # Pushed on the registry's own loopback (unshaped); pulled over the link.
-  in_reg "$TUGBOAT" push "$WORK/model" "127.0.0.1:5000/bench/m$layers:v1" --plain-http >/dev/null 2>&1
+  if [ "$PACKING" = tar ]; then
+    echo '{"descriptor":{"name":"bench"},"config":{}}' > "$WORK/config.json"
+    in_reg modelpack --insecure push "127.0.0.1:5000/bench/m$layers:v1" \
+      --config "$WORK/config.json" "${pushed[@]}" >/dev/null
+  else
+    in_reg "$TUGBOAT" push "$WORK/model" "127.0.0.1:5000/bench/m$layers:v1" --plain-http >/dev/null 2>&1
+  fi
   REF=$NET.2:5000/bench/m$layers:v1
   echo "== $model" >&2
 
-  measure "$model" tugboat 'rm -rf "$WORK/tc" "$WORK/td"' \
-    "$TUGBOAT" pull "$REF" --plain-http --cache "$WORK/tc" --dest "$WORK/td"
-  check_digests "$WORK/td"
-  measure "$model" tugboat-1-stream 'rm -rf "$WORK/tc" "$WORK/td"' \
-    "$TUGBOAT" pull "$REF" --plain-http --cache "$WORK/tc" --dest "$WORK/td" --streams-per-blob 1
-  check_digests "$WORK/td"
-  measure "$model" skopeo 'rm -rf "$WORK/sk"' \
-    skopeo copy --quiet --src-tls-verify=false "docker://$REF" "dir:$WORK/sk"
-  measure "$model" oras-py 'rm -rf "$WORK/op"' \
-    python3 -c "import oras.client; oras.client.OrasClient(insecure=True).pull(target='$REF', outdir='$WORK/op')"
-  check_digests "$WORK/op"
+  if wants tugboat; then
+    measure "$model" tugboat 'rm -rf "$WORK/tc" "$WORK/td"' \
+      "$TUGBOAT" pull "$REF" --plain-http --cache "$WORK/tc" --dest "$WORK/td"
+    check_digests "$WORK/td"
+  fi
+  if wants tugboat-1-stream; then
+    measure "$model" tugboat-1-stream 'rm -rf "$WORK/tc" "$WORK/td"' \
+      "$TUGBOAT" pull "$REF" --plain-http --cache "$WORK/tc" --dest "$WORK/td" --streams-per-blob 1
+    check_digests "$WORK/td"
+  fi
+  if wants skopeo; then
+    measure "$model" skopeo 'rm -rf "$WORK/sk"' \
+      skopeo copy --quiet --src-tls-verify=false "docker://$REF" "dir:$WORK/sk"
+  fi
+  if wants oras-py; then
+    measure "$model" oras-py 'rm -rf "$WORK/op"' \
+      python3 -c "import oras.client; oras.client.OrasClient(insecure=True).pull(target='$REF', outdir='$WORK/op')"
+    check_digests "$WORK/op"
+  fi
   rm -rf "$WORK/tc" "$WORK/td" "$WORK/sk" "$WORK/op"
 done
 
@@ -136,8 +164,8 @@ print(f"\nLink: registry in its own network namespace behind a veth pair; {rtt} 
       f"{conn} MB/s per TCP connection (bench/shaper proxy), {total} MB/s in total (tbf); "
       f"CNCF distribution registry; median of {runs} run(s); {cpus} CPUs; digests of tugboat's "
       f"and oras' files checked against the pushed files.\n")
-print("| model | tool | wall s | throughput MB/s | peak RSS MiB | time vs best peer |")
-print("|---|---|---:|---:|---:|---:|")
+print("| model | tool | wall s | throughput MB/s | share of link cap | peak RSS MiB | time vs best peer |")
+print("|---|---|---:|---:|---:|---:|---:|")
 for model in models:
     layers, mib = model.rstrip("MiB").split("x")
     size = int(layers) * int(mib) * 2**20
@@ -146,5 +174,7 @@ for model in models:
     best = min(peers) if peers else None
     for name, (sec, kib) in data.items():
         ratio = f"{sec / best:.2f}x" if best else "-"
-        print(f"| {model} | {name} | {sec:.1f} | {size / 1e6 / sec:,.0f} | {kib / 1024:.1f} | {ratio} |")
+        mbps = size / 1e6 / sec
+        share = f"{100 * mbps / int(total):.0f}%"
+        print(f"| {model} | {name} | {sec:.1f} | {mbps:,.0f} | {share} | {kib / 1024:.1f} | {ratio} |")
 PY

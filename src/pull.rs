@@ -1,7 +1,7 @@
 //! The one pull pipeline every mode calls: reference -> manifest -> plan -> blobs -> snapshot
 //! -> destination. Pull policies decide when the registry is asked at all.
 
-use crate::artifact::{self, ArtifactError, Format, Manifest, Parsed, Plan};
+use crate::artifact::{self, Action, ArtifactError, Format, Manifest, Parsed, Plan};
 use crate::cache::{
     Cache, CacheError, ChunkedIngest, Ingest, SnapshotFile, SnapshotInfo, SnapshotSlot,
 };
@@ -13,6 +13,7 @@ use crate::reference::Reference;
 use crate::registry::{FetchedManifest, RegistryClient, RegistryError};
 use crate::tenancy;
 use futures_util::{StreamExt, TryStreamExt};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -55,6 +56,8 @@ pub struct PullRequest {
 pub struct Layout {
     pub selection: artifact::Selection,
     pub limits: materialize::Limits,
+    /// Which variant of a ModelKit index (`--variant`); `None` for an index of one.
+    pub variant: Option<String>,
 }
 
 impl PullRequest {
@@ -192,7 +195,8 @@ pub async fn pull_gated(
 
     gate.before_contact(reference).await?;
     let top_digest = resolve_digest(&cache, &source, request.policy).await?;
-    let (manifest_digest, manifest) = load_manifest(&cache, &source, &top_digest).await?;
+    let variant = request.layout.variant.as_deref();
+    let (manifest_digest, manifest) = load_manifest(&cache, &source, &top_digest, variant).await?;
     gate.check_manifest(reference, &manifest)?;
     if !ephemeral {
         note_registry_access(&cache, &source, &manifest_digest).await?;
@@ -218,10 +222,26 @@ pub async fn pull_gated(
                         reference: reference.to_string(),
                         source,
                     })?;
-            fetched = fetch_blobs(&cache, &source, &plan, request.concurrency, progress).await?;
-            let limits = request.layout.limits;
-            let (info, dir) =
-                build_snapshot(&cache, reference, &snapshot_id, &plan, limits).await?;
+            let streamed = streamed_layers(&cache, &plan)?;
+            fetched = fetch_blobs(
+                &cache,
+                &source,
+                &plan,
+                &streamed,
+                request.concurrency,
+                progress,
+            )
+            .await?;
+            let job = SnapshotJob {
+                plan: &plan,
+                streamed: &streamed,
+                limits: request.layout.limits,
+                concurrency: request.concurrency,
+                progress,
+            };
+            let (info, dir, streamed_bytes) =
+                build_snapshot(&cache, &source, &snapshot_id, job).await?;
+            fetched.fetched += streamed_bytes;
             (info, dir, false)
         }
     };
@@ -311,6 +331,10 @@ struct StampHit {
 /// The destination already holds this model (a restored PVC, a re-run init container).
 fn stamp_hit(request: &PullRequest, started: Instant) -> Option<StampHit> {
     let dest = request.dest.as_ref()?;
+    // The stamp records the variant's manifest, not the name that chose it: ask the cache.
+    if request.layout.variant.is_some() {
+        return None;
+    }
     let reference = &request.reference;
     let stamp = Stamp::read(dest)?;
     let same_model = match reference.digest() {
@@ -477,13 +501,17 @@ pub fn tag_key(reference: &Reference) -> crate::cache::TagKey<'_> {
     }
 }
 
-/// Reads (cache first) the manifest `digest` names; an index resolves to one of its manifests.
+/// Reads (cache first) the manifest `digest` names; an index resolves to one of its manifests
+/// (for a ModelKit index, the `variant` named).
 async fn load_manifest(
     cache: &Cache,
     source: &Source<'_>,
     digest: &Digest,
+    variant: Option<&str>,
 ) -> Result<(Digest, Manifest), PullError> {
     let mut digest = digest.clone();
+    // A variant names an entry of the index the reference points at, not the manifest chosen.
+    let mut variant = variant;
     for _ in 0..2 {
         let bytes = match cache.manifest(&digest)? {
             Some(bytes) => bytes,
@@ -508,19 +536,40 @@ async fn load_manifest(
             source: error,
         };
         match artifact::manifest::parse(&bytes, None).map_err(artifact_error)? {
+            Parsed::Manifest(_) if variant.is_some() => {
+                return Err(artifact_error(ArtifactError::NotAnIndex {
+                    wanted: variant.unwrap_or_default().to_string(),
+                }))
+            }
             Parsed::Manifest(manifest) => return Ok((digest, *manifest)),
             Parsed::Index(entries) => {
-                let chosen = artifact::manifest::select_from_index(&entries).ok_or_else(|| {
-                    artifact_error(ArtifactError::Malformed {
-                        detail: "the image index lists no manifests".into(),
-                    })
-                })?;
+                let variants = artifact::kitops::variants(&bytes, &entries);
+                let chosen = match (&variants, variant) {
+                    (Some(variants), _) => {
+                        &artifact::kitops::choose(variants, variant)
+                            .map_err(artifact_error)?
+                            .manifest
+                    }
+                    (None, Some(wanted)) => {
+                        return Err(artifact_error(ArtifactError::NotAnIndex {
+                            wanted: wanted.to_string(),
+                        }))
+                    }
+                    (None, None) => {
+                        artifact::manifest::select_from_index(&entries).ok_or_else(|| {
+                            artifact_error(ArtifactError::Malformed {
+                                detail: "the image index lists no manifests".into(),
+                            })
+                        })?
+                    }
+                };
                 if chosen.digest == digest {
                     return Err(artifact_error(ArtifactError::Malformed {
                         detail: "the image index lists itself".into(),
                     }));
                 }
                 tracing::debug!(index = %digest, manifest = %chosen.digest, "index resolved");
+                variant = None;
                 digest = chosen.digest.clone();
             }
         }
@@ -540,22 +589,60 @@ struct Fetched {
     reused: u64,
 }
 
+/// Archive layers unpacked while they download (never stored as blobs): those not already in
+/// the cache, used once and only as an archive.
+fn streamed_layers(cache: &Cache, plan: &Plan) -> Result<HashSet<Digest>, PullError> {
+    let mut streamed = HashSet::new();
+    for entry in &plan.entries {
+        let digest = &entry.blob.digest;
+        let uses = plan
+            .entries
+            .iter()
+            .filter(|e| &e.blob.digest == digest)
+            .count();
+        if matches!(entry.action, Action::Unpack(_))
+            && uses == 1
+            && !cache.has_blob(digest, entry.blob.size)?
+        {
+            streamed.insert(digest.clone());
+        }
+    }
+    Ok(streamed)
+}
+
+/// Downloads every blob the plan places as is (archives in `streamed` are left to
+/// `build_snapshot`).
 async fn fetch_blobs(
     cache: &Cache,
     source: &Source<'_>,
     plan: &Plan,
+    streamed: &HashSet<Digest>,
     concurrency: usize,
     progress: &Progress,
 ) -> Result<Fetched, PullError> {
     let mut blobs: Vec<&artifact::Descriptor> = Vec::new();
     for entry in &plan.entries {
+        if streamed.contains(&entry.blob.digest) {
+            continue;
+        }
         if !blobs.iter().any(|b| b.digest == entry.blob.digest) {
             blobs.push(&entry.blob);
         }
     }
     // Largest first, so the long download starts at once.
     blobs.sort_by_key(|b| std::cmp::Reverse(b.size));
-    check_space(cache, &blobs, plan.unpacked_bytes_estimate())?;
+    // A streamed archive's partial lives until its snapshot commits: count it as a blob.
+    let in_flight: Vec<&artifact::Descriptor> = plan
+        .entries
+        .iter()
+        .filter(|e| streamed.contains(&e.blob.digest))
+        .map(|e| &e.blob)
+        .collect();
+    check_space(
+        cache,
+        &[blobs.as_slice(), in_flight.as_slice()].concat(),
+        plan.unpacked_bytes_estimate(),
+    )?;
     // The futures are built up front (not in a `map` closure) so the pipeline stays `Send`.
     let downloads: Vec<_> = blobs
         .into_iter()
@@ -622,11 +709,7 @@ async fn fetch_blob(
     blob: &artifact::Descriptor,
     progress: &Progress,
 ) -> Result<Fetched, PullError> {
-    let label = blob
-        .annotations
-        .get(artifact::oras::TITLE)
-        .cloned()
-        .unwrap_or_else(|| blob.digest.hex()[..12].to_string());
+    let label = progress_label(blob);
     let mut tuning = chunks::tuning(blob.size, source.registry.transfer());
     let mut fetched = 0u64;
     // A partial left by a crash is trusted only as far as the final digest check; if that
@@ -661,6 +744,14 @@ async fn fetch_blob(
             }
         }
     }
+}
+
+/// The name a blob's progress bar shows.
+fn progress_label(blob: &artifact::Descriptor) -> String {
+    blob.annotations
+        .get(artifact::oras::TITLE)
+        .cloned()
+        .unwrap_or_else(|| blob.digest.hex()[..12].to_string())
 }
 
 /// What a download attempt is about: the blob, its progress label, and the progress display.
@@ -762,8 +853,29 @@ async fn fetch_whole(
     };
     let mut bar = progress.blob(label, blob.size, writer.offset());
     let resumed = writer.resumed_from() > 0;
-    download_with_resume(source, registry, blob, &mut writer, &mut bar, fetched).await?;
+    let feed = Feed {
+        bar: &mut bar,
+        fetched,
+        tap: None,
+    };
+    download_with_resume(source, registry, blob, &mut writer, feed).await?;
     committed(writer.commit().await, bar, resumed, may_retry)
+}
+
+/// Where downloaded bytes go besides the writer: the progress bar, the fetched-bytes count,
+/// and (for an archive unpacked while it streams) the extractor's channel.
+struct Feed<'a> {
+    bar: &'a mut crate::progress::BlobProgress,
+    fetched: &'a mut u64,
+    tap: Option<&'a tokio::sync::mpsc::Sender<bytes::Bytes>>,
+}
+
+/// How a request's body ended.
+enum BodyEnd {
+    /// The body ended (maybe short: the caller checks the offset).
+    Ended,
+    /// The extractor stopped reading (it refused the archive): stop downloading.
+    TapClosed,
 }
 
 /// Feeds the writer until it holds the whole blob, resuming with Range after transient
@@ -773,8 +885,7 @@ async fn download_with_resume(
     registry: &RegistryClient,
     blob: &artifact::Descriptor,
     writer: &mut crate::cache::BlobWriter,
-    bar: &mut crate::progress::BlobProgress,
-    fetched: &mut u64,
+    mut feed: Feed<'_>,
 ) -> Result<(), PullError> {
     let digest = &blob.digest;
     // One budget for the whole blob: every resume draws from it; progress restarts its clock.
@@ -786,10 +897,14 @@ async fn download_with_resume(
         if writer.offset() == blob.size {
             return Ok(());
         }
-        let outcome = download_body(source.reference, registry, writer, bar, fetched).await;
+        let outcome = download_body(source.reference, registry, writer, &mut feed).await;
         let error = match outcome {
-            Ok(()) if writer.offset() == blob.size => return Ok(()),
-            Ok(()) => RegistryError::Network {
+            Ok(BodyEnd::TapClosed) => {
+                writer.abandon_keeping_partial().await;
+                return Ok(());
+            }
+            Ok(BodyEnd::Ended) if writer.offset() == blob.size => return Ok(()),
+            Ok(BodyEnd::Ended) => RegistryError::Network {
                 registry: source.reference.registry().to_string(),
                 what: format!("blob {digest}"),
                 attempts: backoff.attempt(),
@@ -831,59 +946,350 @@ async fn download_body(
     reference: &Reference,
     registry: &RegistryClient,
     writer: &mut crate::cache::BlobWriter,
-    bar: &mut crate::progress::BlobProgress,
-    fetched: &mut u64,
-) -> Result<(), PullError> {
+    feed: &mut Feed<'_>,
+) -> Result<BodyEnd, PullError> {
     let offset = writer.offset();
     let mut body = registry.blob(reference, writer.digest(), offset).await?;
+    // Bytes of a body served from 0 that the writer (and the extractor) already have.
+    let mut skip = 0u64;
     if offset > 0 && !body.resumed {
-        tracing::info!(digest = %writer.digest(), "registry ignored the Range request; downloading from the start");
-        writer.restart().await?;
-        bar.reset();
-    }
-    while let Some(chunk) = body.stream.next().await {
-        let chunk = chunk?;
-        let n = chunk.len() as u64;
-        writer.write(chunk).await?;
-        *fetched += n;
-        bar.advance(n);
-    }
-    Ok(())
-}
-
-async fn build_snapshot(
-    cache: &Cache,
-    reference: &Reference,
-    manifest_digest: &Digest,
-    plan: &Plan,
-    limits: materialize::Limits,
-) -> Result<(SnapshotInfo, PathBuf), PullError> {
-    match cache.snapshot_slot(manifest_digest).await? {
-        SnapshotSlot::Ready(info) => Ok((info, cache.snapshot_dir(manifest_digest))),
-        SnapshotSlot::Build(builder) => {
-            let (cache, plan, reference, digest) = (
-                cache.clone(),
-                plan.clone(),
-                reference.to_string(),
-                manifest_digest.clone(),
-            );
-            tokio::task::spawn_blocking(move || {
-                let files = materialize::build_tree_with(&plan, &cache, builder.dir(), limits)?;
-                let info = SnapshotInfo {
-                    reference,
-                    digest,
-                    format: plan.format.name().to_string(),
-                    files,
-                    created: now(),
-                    blobs: plan.entries.iter().map(|e| e.blob.digest.clone()).collect(),
-                };
-                let dir = builder.commit(&info)?;
-                Ok((info, dir))
-            })
-            .await
-            .expect("snapshot task panicked")
+        if feed.tap.is_some() {
+            // The extractor has consumed the prefix: drop it from the body instead.
+            tracing::info!(digest = %writer.digest(), "registry ignored the Range request; skipping the bytes already unpacked");
+            skip = offset;
+        } else {
+            tracing::info!(digest = %writer.digest(), "registry ignored the Range request; downloading from the start");
+            writer.restart().await?;
+            feed.bar.reset();
         }
     }
+    while let Some(chunk) = body.stream.next().await {
+        let mut chunk = chunk?;
+        let n = chunk.len() as u64;
+        *feed.fetched += n;
+        if skip > 0 {
+            let dropped = skip.min(n);
+            skip -= dropped;
+            chunk = chunk.slice(dropped as usize..);
+            if chunk.is_empty() {
+                continue;
+            }
+        }
+        let n = chunk.len() as u64;
+        writer.write(chunk.clone()).await?;
+        feed.bar.advance(n);
+        if let Some(tap) = feed.tap {
+            if tap.send(chunk).await.is_err() {
+                return Ok(BodyEnd::TapClosed);
+            }
+        }
+    }
+    Ok(BodyEnd::Ended)
+}
+
+/// What building a snapshot needs besides the cache and the registry.
+struct SnapshotJob<'a> {
+    plan: &'a Plan,
+    /// Archive layers to download and unpack at once (see `streamed_layers`).
+    streamed: &'a HashSet<Digest>,
+    limits: materialize::Limits,
+    /// Downloads at once: streamed layers after the first are fetched ahead into their partials.
+    concurrency: usize,
+    progress: &'a Progress,
+}
+
+/// Builds the snapshot in plan order: raw layers linked from their blobs, archives unpacked
+/// from their blobs or, for streamed layers, while they download. The snapshot is published
+/// only after every streamed layer's size and digest verified; on any failure the staged tree
+/// is removed. Streamed layers' partials are deleted once it is published, so the cache keeps
+/// one copy of the bytes. Returns the bytes fetched from the registry.
+async fn build_snapshot(
+    cache: &Cache,
+    source: &Source<'_>,
+    snapshot_id: &Digest,
+    job: SnapshotJob<'_>,
+) -> Result<(SnapshotInfo, PathBuf, u64), PullError> {
+    let plan = job.plan;
+    let builder = match cache.snapshot_slot(snapshot_id).await? {
+        SnapshotSlot::Ready(info) => return Ok((info, cache.snapshot_dir(snapshot_id), 0)),
+        SnapshotSlot::Build(builder) => builder,
+    };
+    // Archives are unpacked one after another (in manifest order), but their downloads need
+    // not wait: later streamed layers are fetched ahead into their partials, which their turn
+    // then reads back from disk (page cache) before resuming from the network.
+    let claimed = std::sync::Mutex::new(HashSet::new());
+    let ahead: Vec<&artifact::Descriptor> = plan
+        .entries
+        .iter()
+        .filter(|e| job.streamed.contains(&e.blob.digest))
+        .map(|e| &e.blob)
+        .skip(1)
+        .collect();
+    let prefetch = futures_util::stream::iter(
+        ahead
+            .into_iter()
+            .map(|blob| fetch_ahead(cache, source, blob, &claimed))
+            .collect::<Vec<_>>(),
+    )
+    .buffer_unordered(job.concurrency.saturating_sub(1).max(1))
+    .fold(0u64, |total, bytes| async move { total + bytes });
+    let dir = builder.dir().to_path_buf();
+    let build = build_tree_streaming(cache, source, &dir, &job, &claimed);
+    tokio::pin!(prefetch, build);
+    // When the tree is done (or refused) first, what is still fetching ahead is dropped.
+    let (built, ahead_bytes) = tokio::select! {
+        built = &mut build => (built, 0),
+        bytes = &mut prefetch => (build.await, bytes),
+    };
+    let (tree, partials, fetched) = match built {
+        Ok(built) => built,
+        Err(e @ PullError::Materialize(_)) => {
+            // A refused archive: keep nothing of this model's streamed layers.
+            for digest in job.streamed {
+                discard_partial(cache, digest).await;
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    let fetched = fetched + ahead_bytes;
+    build_snapshot_commit(source, snapshot_id, builder, &job, tree, partials, fetched).await
+}
+
+/// Deletes a streamed layer's partial download, under its lock.
+async fn discard_partial(cache: &Cache, digest: &Digest) {
+    if let Ok(Ingest::Needed(writer)) = cache.ingest(digest, u64::MAX).await {
+        writer.discard().await;
+    }
+}
+
+/// Fetches a streamed layer ahead of its turn into its partial (no extraction), unless its
+/// turn has come. Failures are left to the layer's own download; returns the bytes fetched.
+async fn fetch_ahead(
+    cache: &Cache,
+    source: &Source<'_>,
+    blob: &artifact::Descriptor,
+    claimed: &std::sync::Mutex<HashSet<Digest>>,
+) -> u64 {
+    let is_claimed = || claimed.lock().expect("claims lock").contains(&blob.digest);
+    if is_claimed() {
+        return 0;
+    }
+    let Ok(registry) = source.online() else {
+        return 0;
+    };
+    let mut writer = match cache.ingest(&blob.digest, blob.size).await {
+        Ok(Ingest::Needed(writer)) => writer,
+        _ => return 0,
+    };
+    if is_claimed() {
+        // Its turn came while we waited for the lock: the extractor's download takes over.
+        let _ = writer.suspend().await;
+        return 0;
+    }
+    let mut bar = crate::progress::Progress::hidden().blob("", blob.size, writer.offset());
+    let mut fetched = 0u64;
+    let feed = Feed {
+        bar: &mut bar,
+        fetched: &mut fetched,
+        tap: None,
+    };
+    if let Err(e) = download_with_resume(source, registry, blob, &mut writer, feed).await {
+        tracing::debug!(digest = %blob.digest, error = %e, "fetching ahead stopped; the layer's turn resumes it");
+    }
+    writer.abandon_keeping_partial().await;
+    fetched
+}
+
+type BuiltTree = (
+    materialize::extract::Tree,
+    Vec<crate::cache::BlobWriter>,
+    u64,
+);
+
+/// Lays every plan entry into the builder's tree, in order (see `build_snapshot`).
+async fn build_tree_streaming(
+    cache: &Cache,
+    source: &Source<'_>,
+    dir: &std::path::Path,
+    job: &SnapshotJob<'_>,
+    claimed: &std::sync::Mutex<HashSet<Digest>>,
+) -> Result<BuiltTree, PullError> {
+    let plan = job.plan;
+    let mut tree = materialize::extract::Tree::new(dir, job.limits);
+    let mut partials = Vec::new();
+    let mut fetched = 0u64;
+    for entry in &plan.entries {
+        claimed
+            .lock()
+            .expect("claims lock")
+            .insert(entry.blob.digest.clone());
+        let (entry, selection) = (entry.clone(), plan.selection.clone());
+        let blob = cache.blob_path(&entry.blob.digest);
+        tree = match entry.action {
+            Action::Unpack(unpack) if job.streamed.contains(&entry.blob.digest) => {
+                let layer = StreamedLayer {
+                    blob: &entry.blob,
+                    unpack,
+                    selection,
+                    progress: job.progress,
+                };
+                let (tree, partial, bytes) = stream_layer(cache, source, tree, layer).await?;
+                partials.extend(partial);
+                fetched += bytes;
+                tree
+            }
+            action => {
+                blocking(move || {
+                    match &action {
+                        Action::File { path } => tree.place_blob(path, &blob, &entry.blob)?,
+                        Action::Unpack(unpack) => {
+                            tree.unpack(&blob, &entry.blob, unpack, &selection)?
+                        }
+                    }
+                    Ok(tree)
+                })
+                .await?
+            }
+        };
+    }
+    Ok((tree, partials, fetched))
+}
+
+/// Syncs the built tree, publishes the snapshot, then deletes the streamed layers' partials.
+async fn build_snapshot_commit(
+    source: &Source<'_>,
+    snapshot_id: &Digest,
+    builder: crate::cache::SnapshotBuilder,
+    job: &SnapshotJob<'_>,
+    tree: materialize::extract::Tree,
+    partials: Vec<crate::cache::BlobWriter>,
+    fetched: u64,
+) -> Result<(SnapshotInfo, PathBuf, u64), PullError> {
+    let plan = job.plan;
+    let info = SnapshotInfo {
+        reference: source.reference.to_string(),
+        digest: snapshot_id.clone(),
+        format: plan.format.name().to_string(),
+        files: Vec::new(),
+        created: now(),
+        // Streamed archives leave no blob: the snapshot's file digests vouch for their bytes.
+        blobs: plan
+            .entries
+            .iter()
+            .map(|e| e.blob.digest.clone())
+            .filter(|d| !job.streamed.contains(d))
+            .collect(),
+    };
+    let (info, dir) = blocking(move || {
+        tree.sync()?;
+        let info = SnapshotInfo {
+            files: tree.into_files(),
+            ..info
+        };
+        let dir = builder.commit(&info)?;
+        Ok((info, dir))
+    })
+    .await?;
+    for partial in partials {
+        partial.discard().await;
+    }
+    Ok((info, dir, fetched))
+}
+
+/// Runs filesystem work on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, MaterializeError> + Send + 'static,
+) -> Result<T, PullError> {
+    Ok(tokio::task::spawn_blocking(work)
+        .await
+        .expect("snapshot task panicked")?)
+}
+
+/// One archive layer to unpack while it downloads.
+struct StreamedLayer<'a> {
+    blob: &'a artifact::Descriptor,
+    unpack: artifact::Unpack,
+    selection: artifact::Selection,
+    progress: &'a Progress,
+}
+
+/// Downloads one archive layer into its partial (the resume point) while the extractor
+/// unpacks the same bytes into `tree`. A partial an earlier pull left is re-read from disk
+/// and the rest fetched with Range. Returns the tree, the verified partial (deleted by the
+/// caller once the snapshot is published) and the bytes fetched.
+async fn stream_layer(
+    cache: &Cache,
+    source: &Source<'_>,
+    mut tree: materialize::extract::Tree,
+    layer: StreamedLayer<'_>,
+) -> Result<
+    (
+        materialize::extract::Tree,
+        Option<crate::cache::BlobWriter>,
+        u64,
+    ),
+    PullError,
+> {
+    let StreamedLayer {
+        blob,
+        unpack,
+        selection,
+        progress,
+    } = layer;
+    let mut writer = match cache.ingest(&blob.digest, blob.size).await? {
+        Ingest::Needed(writer) => writer,
+        Ingest::Present => {
+            // Another pull stored it as a blob meanwhile: unpack that.
+            let (path, descriptor) = (cache.blob_path(&blob.digest), blob.clone());
+            let tree = blocking(move || {
+                tree.unpack(&path, &descriptor, &unpack, &selection)?;
+                Ok(tree)
+            })
+            .await?;
+            return Ok((tree, None, 0));
+        }
+    };
+    let registry = match source.online() {
+        Ok(registry) => registry,
+        Err(e) => {
+            writer.suspend().await?;
+            return Err(e);
+        }
+    };
+    let prefix = writer.offset();
+    if prefix > 0 {
+        tracing::info!(digest = %blob.digest, bytes = prefix, "unpacking the bytes an interrupted pull left, then resuming the download");
+    }
+    let (sender, receiver) = tokio::sync::mpsc::channel(materialize::stream::CHANNEL_CHUNKS);
+    let partial = writer.partial_path().to_path_buf();
+    let descriptor = blob.clone();
+    let extractor = tokio::task::spawn_blocking(move || {
+        let result = materialize::stream::StreamSource::new(&partial, prefix, receiver)
+            .map_err(|e| MaterializeError::Cache(CacheError::io(&partial, e)))
+            .and_then(|source| tree.unpack_from(source, &descriptor, &unpack, &selection));
+        (tree, result)
+    });
+    let mut bar = progress.blob(&progress_label(blob), blob.size, prefix);
+    let mut fetched = 0u64;
+    let feed = Feed {
+        bar: &mut bar,
+        fetched: &mut fetched,
+        tap: Some(&sender),
+    };
+    let downloaded = download_with_resume(source, registry, blob, &mut writer, feed).await;
+    drop(sender);
+    let (tree, extracted) = extractor.await.expect("extractor panicked");
+    // A download that failed keeps its partial for the next pull (the writer decided).
+    downloaded?;
+    if let Err(refused) = extracted {
+        // The archive was refused (or could not be written): keep nothing of it.
+        writer.discard().await;
+        return Err(refused.into());
+    }
+    writer.verify_streamed().await?;
+    bar.finish();
+    Ok((tree, Some(writer), fetched))
 }
 
 fn now() -> u64 {

@@ -7,7 +7,7 @@
 mod artifacts;
 mod common;
 
-use artifacts::{gzip, push_artifact, read, tar, zstd, Entry, Layer};
+use artifacts::{gzip, push_artifact, push_index, read, tar, zstd, Entry, Layer};
 use common::*;
 use std::fs;
 use std::path::Path;
@@ -554,4 +554,424 @@ fn format_override_unpacks_an_oras_tarball_as_an_image() {
     )
     .assert_ok("--format image");
     assert_eq!(read(&as_image.join("inner/file.txt")), data);
+}
+
+/// Files in the cache outside snapshots: blobs kept and partial downloads left.
+fn cache_leftovers(cache: &Path) -> (Vec<String>, Vec<String>) {
+    let blobs = list_dir(&cache.join("blobs/sha256"));
+    let partials = list_dir(&cache.join("ingest"))
+        .into_iter()
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    (blobs, partials)
+}
+
+#[test]
+fn modelpack_client_round_trip_every_packing() {
+    let reg = Registry::start();
+    let src = tmp();
+    let root = src.path();
+    let weights = random_bytes(700_000, 21);
+    let shard = random_bytes(400_000, 22);
+    let zshard = random_bytes(300_000, 23);
+    fs::write(root.join("model.safetensors"), &weights).unwrap();
+    for (dir, name, bytes) in [
+        ("shard2", "model-00002.safetensors", &shard),
+        ("shard3", "model-00003.safetensors", &zshard),
+    ] {
+        fs::create_dir_all(root.join(dir)).unwrap();
+        fs::write(root.join(dir).join(name), bytes).unwrap();
+    }
+    fs::create_dir_all(root.join("tokenizer/nested")).unwrap();
+    fs::write(root.join("tokenizer/tokenizer.json"), b"{\"v\":1}").unwrap();
+    fs::write(root.join("tokenizer/nested/merges.txt"), b"a b\n").unwrap();
+    fs::create_dir_all(root.join("docs")).unwrap();
+    fs::write(root.join("docs/README.md"), b"# model\n").unwrap();
+    let config = root.join("config.json");
+    fs::write(
+        &config,
+        br#"{"descriptor":{"name":"rt"},"config":{"format":"safetensors"}}"#,
+    )
+    .unwrap();
+    modelpack_push(
+        &reg.host(),
+        "mpc/rt:v1",
+        &config,
+        &[
+            (&root.join("model.safetensors"), MP_WEIGHT_RAW),
+            (&root.join("shard2"), MP_WEIGHT_TAR),
+            (
+                &root.join("shard3"),
+                "application/vnd.cncf.model.weight.v1.tar+zstd",
+            ),
+            (&root.join("tokenizer"), MP_CONFIG_TGZ),
+            // A folder given a raw media type: modelpack-client packs it as a tar.
+            (&root.join("docs"), "application/vnd.cncf.model.doc.v1.raw"),
+        ],
+    );
+    let work = tmp();
+    let (dest, cache) = (work.path().join("dest"), work.path().join("cache"));
+    let run = pull(
+        &reg.reference("mpc/rt:v1"),
+        &dest,
+        Some(&cache),
+        &["--json"],
+    );
+    run.assert_ok("modelpack-client pull");
+    assert_eq!(run.json()["format"], "modelpack");
+    let files = vec![
+        ("model.safetensors".to_string(), weights.clone()),
+        ("shard2/model-00002.safetensors".to_string(), shard),
+        ("shard3/model-00003.safetensors".to_string(), zshard),
+        (
+            "tokenizer/tokenizer.json".to_string(),
+            b"{\"v\":1}".to_vec(),
+        ),
+        ("tokenizer/nested/merges.txt".to_string(), b"a b\n".to_vec()),
+        ("docs/README.md".to_string(), b"# model\n".to_vec()),
+    ];
+    assert_tree(&dest, &files);
+    // One copy: the raw layer's blob stays (the snapshot links it); no archive blob and no
+    // partial download remain beside the unpacked files.
+    let (blobs, partials) = cache_leftovers(&cache);
+    assert_eq!(
+        blobs,
+        vec![artifacts::sha256(&weights)[7..].to_string()],
+        "only the raw layer's blob is kept"
+    );
+    assert!(partials.is_empty(), "partials left: {partials:?}");
+    // The snapshot's recorded digests stand in for the archive blobs: verify, --verify and a
+    // warm re-pull all work without them.
+    let verify = run_cmd(&["cache", "verify", "--json", "--cache"], &cache);
+    verify.assert_ok("cache verify");
+    assert_eq!(verify.json()["snapshots_dropped"], serde_json::json!([]));
+    let again = work.path().join("again");
+    let mark = reg.mark();
+    pull(
+        &reg.reference("mpc/rt:v1"),
+        &again,
+        Some(&cache),
+        &["--verify", "--pull-policy", "Never"],
+    )
+    .assert_ok("verified re-pull from the cache");
+    assert_tree(&again, &files);
+    assert!(
+        reg.blob_gets_since(mark).is_empty(),
+        "no blob fetched again"
+    );
+}
+
+fn run_cmd(args: &[&str], cache: &Path) -> Run {
+    run(
+        tugboat().args(args).arg(cache),
+        std::time::Duration::from_secs(120),
+    )
+}
+
+#[test]
+fn modelpack_pre_2025_namespace_as_modctl_0_1_pushed_it() {
+    let reg = Registry::start();
+    let weights = random_bytes(500_000, 31);
+    let config_json = br#"{"architectures":["Qwen2"]}"#.to_vec();
+    let readme = b"cnai\n".to_vec();
+    // modctl 0.1.x: one uncompressed tar per file, the entry at its path relative to the
+    // workspace, the path in org.cnai.model.filepath; raw weight.config files.
+    let layers = vec![
+        Layer::new(
+            "application/vnd.cnai.model.weight.v1.tar",
+            tar(&[Entry::File("weights/model.safetensors", &weights)]),
+            &[("org.cnai.model.filepath", "weights/model.safetensors")],
+        ),
+        Layer::new(
+            "application/vnd.cnai.model.weight.config.v1.raw",
+            config_json.clone(),
+            &[("org.cnai.model.filepath", "config.json")],
+        ),
+        Layer::new(
+            "application/vnd.cnai.model.doc.v1.tar",
+            tar(&[Entry::File("README.md", &readme)]),
+            &[("org.cnai.model.filepath", "README.md")],
+        ),
+    ];
+    let config = br#"{"descriptor":{"name":"qwen"},"config":{"format":"safetensors"},"modelfs":{"type":"layers","diffIds":[]}}"#;
+    push_artifact(
+        &reg.host(),
+        "cnai/qwen",
+        "v1",
+        Some("application/vnd.cnai.model.manifest.v1+json"),
+        ("application/vnd.cnai.model.config.v1+json", config),
+        &layers,
+        &[],
+    );
+    let dir = tmp();
+    let dest = dir.path().join("dest");
+    let run = pull(&reg.reference("cnai/qwen:v1"), &dest, None, &["--json"]);
+    run.assert_ok("vnd.cnai ModelPack pull");
+    assert_eq!(run.json()["format"], "modelpack");
+    assert_tree(
+        &dest,
+        &[
+            ("weights/model.safetensors".into(), weights),
+            ("config.json".into(), config_json),
+            ("README.md".into(), readme),
+        ],
+    );
+
+    // RamaLama: vnd.cnai.model.layer.v1.tar layers under the same artifactType.
+    let gguf = random_bytes(200_000, 32);
+    push_artifact(
+        &reg.host(),
+        "cnai/ramalama",
+        "v1",
+        Some("application/vnd.cnai.model.manifest.v1+json"),
+        ("application/vnd.oci.image.config.v1+json", b"{}"),
+        &[Layer::new(
+            "application/vnd.cnai.model.layer.v1.tar",
+            tar(&[
+                Entry::Dir("models/"),
+                Entry::File("models/tiny.gguf", &gguf),
+            ]),
+            &[],
+        )],
+        &[],
+    );
+    let dest = dir.path().join("ramalama");
+    pull(&reg.reference("cnai/ramalama:v1"), &dest, None, &[]).assert_ok("RamaLama pull");
+    assert_tree(&dest, &[("models/tiny.gguf".into(), gguf)]);
+}
+
+const KIT_CONFIG: &str = "application/vnd.kitops.modelkit.config.v1+json";
+
+/// A ModelKit whose model is one raw layer and whose docs are a tar; returns the manifest
+/// digest and the weights' layer digest.
+fn push_kit_variant(reg: &Registry, tag: &str, weights: &[u8]) -> (String, String) {
+    let kitfile = serde_json::to_vec(&serde_json::json!({
+        "manifestVersion": "1.0.0",
+        "package": {"name": "llama"},
+        "model": {"name": "llama", "path": format!("llama-{tag}.gguf")},
+    }))
+    .unwrap();
+    let layers = vec![
+        Layer::new(
+            "application/vnd.kitops.modelkit.model.v1.raw",
+            weights.to_vec(),
+            &[(FILEPATH, &format!("llama-{tag}.gguf"))],
+        ),
+        Layer::new(
+            "application/vnd.kitops.modelkit.docs.v1.tar+gzip",
+            gzip(&tar(&[Entry::File("README.md", tag.as_bytes())])),
+            &[],
+        ),
+    ];
+    let digest = push_artifact(
+        &reg.host(),
+        "kit/llama",
+        tag,
+        Some("application/vnd.kitops.modelkit.manifest.v1+json"),
+        (KIT_CONFIG, &kitfile),
+        &layers,
+        &[],
+    );
+    (digest, artifacts::sha256(&layers[0].bytes))
+}
+
+#[test]
+fn kitops_raw_layers_and_an_index_of_variants() {
+    let reg = Registry::start();
+    let q4 = random_bytes(300_000, 41);
+    let q8 = random_bytes(600_000, 42);
+    let (q4_manifest, q4_blob) = push_kit_variant(&reg, "q4_0", &q4);
+    let (q8_manifest, q8_blob) = push_kit_variant(&reg, "q8_0", &q8);
+    // As `kit index add repo:all repo:q4_0 -l quantization=q4_0` writes it.
+    push_index(
+        &reg.host(),
+        "kit/llama",
+        "all",
+        Some("application/vnd.kitops.modelkit.index.v1+json"),
+        &[
+            (
+                q4_manifest,
+                serde_json::json!({"ml.kitops.modelkit.original-tag": "q4_0"}),
+                serde_json::json!({"modelMetadata": {"quantization": "q4_0", "vram": "4GB"}}),
+            ),
+            (
+                q8_manifest,
+                serde_json::json!({"ml.kitops.modelkit.original-tag": "q8_0"}),
+                serde_json::json!({"modelMetadata": {"quantization": "q8_0", "vram": "8GB"}}),
+            ),
+        ],
+    );
+    let dir = tmp();
+    let cache = dir.path().join("cache");
+    let reference = reg.reference("kit/llama:all");
+
+    // No variant named: refused, listing them.
+    let none = pull(&reference, &dir.path().join("none"), Some(&cache), &[]);
+    none.assert_code(2, "an index of two variants without --variant");
+    for needle in [
+        "--variant",
+        "q4_0 (quantization=q4_0",
+        "q8_0 (quantization=q8_0",
+    ] {
+        assert!(
+            none.stderr.contains(needle),
+            "{needle:?} in:\n{}",
+            none.stderr
+        );
+    }
+    let wrong = pull(
+        &reference,
+        &dir.path().join("wrong"),
+        Some(&cache),
+        &["--variant", "q2_K"],
+    );
+    wrong.assert_code(2, "an unknown variant");
+    assert!(wrong.stderr.contains("q2_K") && wrong.stderr.contains("q8_0"));
+
+    // --variant picks one: only its blobs are fetched.
+    let mark = reg.mark();
+    let dest = dir.path().join("q8");
+    let run = pull(
+        &reference,
+        &dest,
+        Some(&cache),
+        &["--variant", "q8_0", "--json"],
+    );
+    run.assert_ok("--variant q8_0");
+    assert_eq!(run.json()["format"], "kitops");
+    assert_eq!(fs::read(dest.join("llama-q8_0.gguf")).unwrap(), q8);
+    assert_eq!(fs::read(dest.join("README.md")).unwrap(), b"q8_0");
+    assert!(dest.join("Kitfile").is_file());
+    let fetched: Vec<String> = reg
+        .blob_gets_since(mark)
+        .into_iter()
+        .filter(|g| g.status == 200 || g.status == 206)
+        .map(|g| g.digest)
+        .collect();
+    assert!(
+        fetched.contains(&q8_blob),
+        "q8 weights fetched: {fetched:?}"
+    );
+    assert!(
+        !fetched.contains(&q4_blob),
+        "q4 weights never fetched: {fetched:?}"
+    );
+    // A label as key=value names a variant too.
+    let dest = dir.path().join("q4");
+    pull(
+        &reference,
+        &dest,
+        Some(&cache),
+        &["--variant", "quantization=q4_0"],
+    )
+    .assert_ok("--variant quantization=q4_0");
+    assert_eq!(fs::read(dest.join("llama-q4_0.gguf")).unwrap(), q4);
+}
+
+#[test]
+fn docker_model_artifacts_as_model_runner_lays_them_out() {
+    let reg = Registry::start();
+    // v0.1, as `docker model package --gguf` pushes a sharded model: no file names.
+    let shard1 = random_bytes(200_000, 51);
+    let shard2 = random_bytes(100_000, 52);
+    let license = b"Apache-2.0\n".to_vec();
+    let config = br#"{"config":{"format":"gguf","quantization":"Q4_K_M"},"descriptor":{},"rootfs":{"type":"rootfs","diff_ids":[]}}"#;
+    push_artifact(
+        &reg.host(),
+        "ai/smollm",
+        "v1",
+        None,
+        ("application/vnd.docker.ai.model.config.v0.1+json", config),
+        &[
+            Layer::new("application/vnd.docker.ai.gguf.v3", shard1.clone(), &[]),
+            Layer::new("application/vnd.docker.ai.gguf.v3", shard2.clone(), &[]),
+            Layer::new("application/vnd.docker.ai.license", license.clone(), &[]),
+        ],
+        &[],
+    );
+    let dir = tmp();
+    let dest = dir.path().join("gguf");
+    let run = pull(&reg.reference("ai/smollm:v1"), &dest, None, &["--json"]);
+    run.assert_ok("docker gguf pull");
+    assert_eq!(run.json()["format"], "docker");
+    assert_tree(
+        &dest,
+        &[
+            ("model-00001-of-00002.gguf".into(), shard1),
+            ("model-00002-of-00002.gguf".into(), shard2),
+            ("LICENSE".into(), license),
+        ],
+    );
+    // v0.2 (safetensors): one layer per file named by its filepath annotation, plus the
+    // vLLM config archive.
+    let st = random_bytes(300_000, 53);
+    let cfg = br#"{"model_type":"llama"}"#.to_vec();
+    push_artifact(
+        &reg.host(),
+        "ai/smollm-st",
+        "v1",
+        None,
+        ("application/vnd.docker.ai.model.config.v0.2+json", config),
+        &[
+            Layer::new(
+                "application/vnd.docker.ai.safetensors",
+                st.clone(),
+                &[(FILEPATH, "model.safetensors")],
+            ),
+            Layer::new(
+                "application/vnd.docker.ai.vllm.config.tar",
+                tar(&[Entry::File("config.json", &cfg)]),
+                &[],
+            ),
+        ],
+        &[],
+    );
+    let dest = dir.path().join("st");
+    pull(&reg.reference("ai/smollm-st:v1"), &dest, None, &[]).assert_ok("docker safetensors");
+    assert_tree(
+        &dest,
+        &[
+            ("model.safetensors".into(), st),
+            ("config.json".into(), cfg),
+        ],
+    );
+}
+
+#[test]
+fn an_unknown_artifact_names_its_media_types_and_format() {
+    let reg = Registry::start();
+    push_artifact(
+        &reg.host(),
+        "odd/thing",
+        "v1",
+        Some("application/vnd.example.thing.v1"),
+        ("application/vnd.example.thing.config.v1+json", b"{}"),
+        &[Layer::new(
+            "application/vnd.example.thing.blob.v1",
+            b"not a tar".to_vec(),
+            &[],
+        )],
+        &[],
+    );
+    let dir = tmp();
+    let run = pull(
+        &reg.reference("odd/thing:v1"),
+        &dir.path().join("d"),
+        None,
+        &[],
+    );
+    run.assert_code(2, "an unknown artifact");
+    for needle in [
+        "application/vnd.example.thing.v1",
+        "application/vnd.example.thing.config.v1+json",
+        "application/vnd.example.thing.blob.v1",
+        "--format",
+    ] {
+        assert!(
+            run.stderr.contains(needle),
+            "{needle:?} in:\n{}",
+            run.stderr
+        );
+    }
+    assert!(!run.stderr.contains("tar"), "no tar error:\n{}", run.stderr);
 }

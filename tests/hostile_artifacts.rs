@@ -83,6 +83,13 @@ fn assert_refused(reg: &Registry, repo: &str, needle: &str, extra: &[&str]) {
         })
         .unwrap_or_default();
     assert!(snapshots.is_empty(), "{repo}: cache kept {snapshots:?}");
+    // Refused while streaming: neither the partial download nor a blob of it stays.
+    let kept: Vec<_> = ["ingest", "blobs/sha256"]
+        .iter()
+        .flat_map(|sub| list_dir(&cache.join(sub)))
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert!(kept.is_empty(), "{repo}: cache kept {kept:?}");
 }
 
 fn tar_layer(entries: &[Entry<'_>]) -> Vec<Layer> {

@@ -72,7 +72,7 @@ pub fn describe(manifest: &Manifest, config: Option<&[u8]>, plan: &Plan) -> Desc
     }
     if let Some(config) = config.and_then(|c| serde_json::from_slice::<serde_json::Value>(c).ok()) {
         let fields: &[(&str, &str)] = match manifest.config.media_type.as_str() {
-            modelpack::CONFIG_MEDIA_TYPE => &[
+            t if modelpack::is_config(t) => &[
                 ("/descriptor/name", "name"),
                 ("/descriptor/family", "family"),
                 ("/descriptor/version", "version"),

@@ -2,6 +2,7 @@
 //! Pure: no I/O. One module per packaging format; detection picks one unless `--format` does.
 
 pub mod describe;
+pub mod docker;
 pub mod image;
 pub mod kitops;
 pub mod manifest;
@@ -30,6 +31,8 @@ pub enum Format {
     Kitops,
     /// An OCI/Docker image whose filesystem holds the model (KServe Modelcars).
     Image,
+    /// A Docker model artifact (`docker model push`, Docker Hub `ai/*`).
+    Docker,
 }
 
 impl Format {
@@ -39,6 +42,7 @@ impl Format {
             Format::Modelpack => "modelpack",
             Format::Kitops => "kitops",
             Format::Image => "image",
+            Format::Docker => "docker",
         }
     }
 }
@@ -149,6 +153,20 @@ pub enum ArtifactError {
         digest: String,
         media_type: String,
     },
+    #[error("this is a ModelKit index of several variants; name one with --variant (CSI: the `variant` volume attribute). Variants: {variants}")]
+    VariantNeeded { variants: String },
+    #[error("no variant of this ModelKit index is {wanted:?}; give its tag, a label value or key=value. Variants: {variants}")]
+    NoSuchVariant { wanted: String, variants: String },
+    #[error("--variant {wanted:?} matches several variants of this ModelKit index: {variants}; name one by its tag or key=value")]
+    AmbiguousVariant { wanted: String, variants: String },
+    #[error("--variant {wanted:?} was given, but this artifact is not a ModelKit index (it has no variants)")]
+    NotAnIndex { wanted: String },
+    #[error("tugboat does not know this kind of artifact (artifactType {artifact_type}, config {config}, layers {layers}); if it holds files tugboat can place, name the packaging with --format oras|modelpack|kitops|image")]
+    UnknownArtifact {
+        artifact_type: String,
+        config: String,
+        layers: String,
+    },
     #[error("format {format} is not supported by this build: {detail}")]
     Unsupported {
         format: &'static str,
@@ -167,13 +185,17 @@ pub fn plan_selected(
     forced: Option<Format>,
     selection: &Selection,
 ) -> Result<Plan, ArtifactError> {
-    let format = forced.unwrap_or_else(|| detect(manifest));
+    let format = match forced {
+        Some(format) => format,
+        None => detect(manifest)?,
+    };
     check_names_agree(manifest)?;
     let all = match format {
         Format::Oras => oras::plan(manifest)?,
         Format::Modelpack => modelpack::plan(manifest)?,
         Format::Kitops => kitops::plan(manifest)?,
         Format::Image => image::plan(manifest)?,
+        Format::Docker => docker::plan(manifest)?,
     };
     if all.is_empty() {
         return Err(ArtifactError::Empty {
@@ -238,15 +260,38 @@ fn select_entry(entry: &mut PlanEntry, selection: &Selection) -> bool {
     }
 }
 
-fn detect(manifest: &Manifest) -> Format {
+/// The packaging of `manifest`; an artifact none of the formats recognise is refused with the
+/// media types it carries (rather than failing later as a broken image).
+fn detect(manifest: &Manifest) -> Result<Format, ArtifactError> {
     if kitops::detect(manifest) {
-        Format::Kitops
+        Ok(Format::Kitops)
     } else if modelpack::detect(manifest) {
-        Format::Modelpack
+        Ok(Format::Modelpack)
+    } else if docker::detect(manifest) {
+        Ok(Format::Docker)
     } else if oras::detect(manifest) {
-        Format::Oras
+        Ok(Format::Oras)
+    } else if image::detect(manifest) {
+        Ok(Format::Image)
     } else {
-        Format::Image
+        let mut layers: Vec<&str> = manifest
+            .layers
+            .iter()
+            .map(|l| l.media_type.as_str())
+            .collect();
+        layers.dedup();
+        Err(ArtifactError::UnknownArtifact {
+            artifact_type: manifest
+                .artifact_type
+                .clone()
+                .unwrap_or_else(|| "(none)".into()),
+            config: manifest.config.media_type.clone(),
+            layers: if layers.is_empty() {
+                "(none)".into()
+            } else {
+                layers.join(", ")
+            },
+        })
     }
 }
 
@@ -255,7 +300,10 @@ fn check_names_agree(manifest: &Manifest) -> Result<(), ArtifactError> {
     for layer in &manifest.layers {
         let (Some(title), Some(filepath)) = (
             layer.annotations.get(oras::TITLE),
-            layer.annotations.get(modelpack::FILEPATH),
+            layer
+                .annotations
+                .get(modelpack::FILEPATH)
+                .or_else(|| layer.annotations.get(modelpack::CNAI_FILEPATH)),
         ) else {
             continue;
         };

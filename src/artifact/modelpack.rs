@@ -1,8 +1,10 @@
-//! CNCF ModelPack artifacts (model-spec, as `modctl` builds them): artifactType
+//! CNCF ModelPack artifacts (model-spec, as `modctl` and modelpack-client build them): artifactType
 //! `application/vnd.cncf.model.manifest.v1+json`, config `application/vnd.cncf.model.config.v1+json`,
 //! layers `application/vnd.cncf.model.<kind>.v1.<raw|tar|tar+gzip|tar+zstd>` whose path in the
 //! model is the `org.cncf.model.filepath` annotation. Raw layers are the file itself; archives
 //! hold that path (a file or a folder) relative to the model root.
+//! The same under the pre-2025 namespace (`vnd.cnai.model.*`, `org.cnai.model.filepath`:
+//! modctl 0.1.x, what registries still hold), including RamaLama's `vnd.cnai.model.layer.v1.tar`.
 
 use super::manifest::Manifest;
 use super::{annotated_path, oras, Action, ArtifactError, Kind, PlanEntry, Unpack};
@@ -12,21 +14,37 @@ pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.cncf.model.config.v1+json";
 pub const LAYER_PREFIX: &str = "application/vnd.cncf.model.";
 pub const FILEPATH: &str = "org.cncf.model.filepath";
 
+/// The pre-2025 namespace (modctl 0.1.x, RamaLama).
+pub const CNAI_ARTIFACT_TYPE: &str = "application/vnd.cnai.model.manifest.v1+json";
+pub const CNAI_CONFIG_MEDIA_TYPE: &str = "application/vnd.cnai.model.config.v1+json";
+pub const CNAI_LAYER_PREFIX: &str = "application/vnd.cnai.model.";
+pub const CNAI_FILEPATH: &str = "org.cnai.model.filepath";
+
+/// Whether `media_type` is a ModelPack config in either namespace.
+pub fn is_config(media_type: &str) -> bool {
+    media_type == CONFIG_MEDIA_TYPE || media_type == CNAI_CONFIG_MEDIA_TYPE
+}
+
 pub fn detect(manifest: &Manifest) -> bool {
-    manifest.artifact_type.as_deref() == Some(ARTIFACT_TYPE)
-        || manifest.config.media_type == CONFIG_MEDIA_TYPE
+    matches!(
+        manifest.artifact_type.as_deref(),
+        Some(ARTIFACT_TYPE | CNAI_ARTIFACT_TYPE)
+    ) || is_config(&manifest.config.media_type)
         || manifest
             .layers
             .iter()
-            .any(|l| l.media_type.starts_with(LAYER_PREFIX))
+            .any(|l| parse_media_type(&l.media_type).is_some())
 }
 
 /// `(kind, packing)` of a ModelPack layer media type, e.g. `weight.config`, `tar+gzip`.
 pub fn parse_media_type(media_type: &str) -> Option<(Kind, &str)> {
-    let rest = media_type.strip_prefix(LAYER_PREFIX)?;
+    let rest = media_type
+        .strip_prefix(LAYER_PREFIX)
+        .or_else(|| media_type.strip_prefix(CNAI_LAYER_PREFIX))?;
     let (kind, packing) = rest.rsplit_once(".v1.")?;
     let kind = match kind {
-        "weight" => Kind::Weights,
+        // RamaLama's one kind of layer.
+        "weight" | "layer" => Kind::Weights,
         "weight.config" => Kind::Config,
         "doc" => Kind::Docs,
         "code" => Kind::Code,
@@ -46,13 +64,12 @@ pub fn plan(manifest: &Manifest) -> Result<Vec<PlanEntry>, ArtifactError> {
                 media_type: layer.media_type.clone(),
             });
         };
-        let path = match (
-            layer.annotations.get(FILEPATH),
-            layer.annotations.get(oras::TITLE),
-        ) {
-            (Some(p), _) => Some(annotated_path(FILEPATH, p)?),
-            (None, Some(t)) => Some(annotated_path(oras::TITLE, t)?),
-            (None, None) => None,
+        let path = match [FILEPATH, CNAI_FILEPATH, oras::TITLE]
+            .into_iter()
+            .find_map(|key| layer.annotations.get(key).map(|value| (key, value)))
+        {
+            Some((key, value)) => Some(annotated_path(key, value)?),
+            None => None,
         };
         let action = if packing == "raw" {
             let path = path.ok_or_else(|| ArtifactError::Malformed {

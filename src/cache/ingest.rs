@@ -138,6 +138,45 @@ impl BlobWriter {
         .expect("publish task panicked")
     }
 
+    /// The partial download's path (a streamed archive re-reads its prefix from it).
+    pub fn partial_path(&self) -> &std::path::Path {
+        &self.partial
+    }
+
+    /// For a layer unpacked while it streams: checks the size and digest of every byte
+    /// written, without publishing a blob. The partial stays (unsynced; it is only a resume
+    /// point) until `discard` once the tree built from it is committed. A short partial is
+    /// kept for a resume; one with a wrong digest is deleted.
+    pub async fn verify_streamed(&mut self) -> Result<(), CacheError> {
+        let state = self.finish_writing().await?;
+        if state.written != self.expected_size {
+            let error = CacheError::SizeMismatch {
+                digest: self.digest.clone(),
+                expected: self.expected_size,
+                actual: state.written,
+            };
+            if state.written > self.expected_size {
+                let _ = std::fs::remove_file(&self.partial);
+            }
+            return Err(error);
+        }
+        let actual = Digest::from_hasher(state.hasher);
+        if actual != self.digest {
+            let _ = std::fs::remove_file(&self.partial);
+            return Err(CacheError::DigestMismatch {
+                digest: self.digest.clone(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    /// Deletes the partial (its bytes now live in a committed snapshot, or cannot be trusted)
+    /// and releases the blob's lock. Deleted before writeback, its pages never reach the disk.
+    pub async fn discard(mut self) {
+        self.abandon().await;
+    }
+
     /// Stops writing and keeps the partial for a later resume (network trouble).
     pub async fn suspend(mut self) -> Result<(), CacheError> {
         self.finish_writing().await.map(|_| ())

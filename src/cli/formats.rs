@@ -40,6 +40,9 @@ pub struct SelectArgs {
         value_delimiter = ','
     )]
     only: Vec<Kind>,
+    /// A ModelKit index: the variant to pull, by its tag (q4_0), a label value, or key=value.
+    #[arg(long, env = "TUGBOAT_VARIANT", value_name = "NAME")]
+    variant: Option<String>,
 }
 
 impl SelectArgs {
@@ -72,6 +75,7 @@ impl LimitArgs {
     pub fn layout(&self, select: &SelectArgs) -> Result<Layout, Failure> {
         Ok(Layout {
             selection: select.selection()?,
+            variant: select.variant.clone(),
             limits: Limits {
                 max_files: self.max_files,
                 max_expanded: self.max_expanded_size,

@@ -20,6 +20,8 @@ use tonic::Status;
 pub const REFERENCE: &str = "reference";
 pub const PULL_POLICY: &str = "pullPolicy";
 pub const SUB_PATH: &str = "subPath";
+/// Which variant of a ModelKit index to mount.
+pub const VARIANT: &str = "variant";
 pub const EPHEMERAL: &str = "csi.storage.k8s.io/ephemeral";
 pub const POD_NAMESPACE: &str = "csi.storage.k8s.io/pod.namespace";
 pub const POD_NAME: &str = "csi.storage.k8s.io/pod.name";
@@ -77,6 +79,8 @@ pub struct Publish {
     pub reference: Reference,
     pub policy: PullPolicy,
     pub sub_path: Option<SafePath>,
+    /// `volumeAttributes.variant`: the variant of a ModelKit index.
+    pub variant: Option<String>,
     pub mode: Mode,
     pub readonly: bool,
     /// `namespace/name` of the pod, for logs.
@@ -147,6 +151,10 @@ pub fn publish(request: &NodePublishVolumeRequest) -> Result<Publish, Status> {
         reference,
         policy,
         sub_path,
+        variant: context
+            .get(VARIANT)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty()),
         mode,
         readonly: request.readonly,
         pod,
@@ -330,6 +338,14 @@ mod tests {
         assert_eq!(code("vol", "some/path"), Code::NotFound);
         assert_eq!(code("vol", "/var/lib/../x"), Code::NotFound);
         assert_eq!(code("vol", "/var/lib/kubelet/pods/x"), Code::Ok);
+    }
+
+    #[test]
+    fn the_variant_attribute_names_a_modelkit_variant() {
+        assert_eq!(publish(&valid()).unwrap().variant, None);
+        let mut r = valid();
+        r.volume_context.insert(VARIANT.into(), " q4_0 ".into());
+        assert_eq!(publish(&r).unwrap().variant.as_deref(), Some("q4_0"));
     }
 
     #[test]

@@ -220,7 +220,7 @@ impl Volumes {
         let client = self.registry.with_credentials(credentials);
         let key = (
             request.reference.to_string(),
-            format!("{:?}|{}", request.policy, gate.key()),
+            format!("{:?} {:?}|{}", request.policy, request.variant, gate.key()),
             secrets::fingerprint(&request.secrets),
         );
         let slot_key = key.0.clone();
@@ -232,7 +232,10 @@ impl Volumes {
             verify: false,
             concurrency: 4,
             format: None,
-            layout: Default::default(),
+            layout: pull::Layout {
+                variant: request.variant.clone(),
+                ..Default::default()
+            },
             dest_link: Default::default(),
         };
         let metrics = self.metrics.clone();

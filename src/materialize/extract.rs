@@ -22,8 +22,8 @@ const OPAQUE: &str = ".wh..wh..opq";
 
 /// The tree under construction: every regular file placed so far, and the running totals
 /// the limits apply to.
-pub struct Tree<'a> {
-    root: &'a Path,
+pub struct Tree {
+    root: PathBuf,
     limits: Limits,
     files: BTreeMap<SafePath, SnapshotFile>,
     placed: u64,
@@ -52,10 +52,10 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> MaterializeError + '_ {
     move |e| MaterializeError::Cache(CacheError::io(path, e))
 }
 
-impl<'a> Tree<'a> {
-    pub fn new(root: &'a Path, limits: Limits) -> Self {
+impl Tree {
+    pub fn new(root: &Path, limits: Limits) -> Self {
         Tree {
-            root,
+            root: root.to_path_buf(),
             limits,
             files: BTreeMap::new(),
             placed: 0,
@@ -77,7 +77,7 @@ impl<'a> Tree<'a> {
         let digest = descriptor.digest.to_string();
         self.ensure_parent(path, &digest, false, None)?;
         self.clear_target(path, &digest, false, false)?;
-        super::link_or_copy(blob, &path.under(self.root))?;
+        super::link_or_copy(blob, &path.under(&self.root))?;
         self.files.insert(
             path.clone(),
             SnapshotFile {
@@ -97,14 +97,29 @@ impl<'a> Tree<'a> {
         unpack: &Unpack,
         selection: &Selection,
     ) -> Result<(), MaterializeError> {
+        let file = fs::File::open(blob).map_err(io_err(blob))?;
+        self.unpack_from(file, descriptor, unpack, selection)
+    }
+
+    /// Unpacks an archive read from `source` as it arrives (a download in flight, or a blob
+    /// on disk). The caller verifies the bytes' digest before the tree is published.
+    pub fn unpack_from(
+        &mut self,
+        source: impl Read + 'static,
+        descriptor: &Descriptor,
+        unpack: &Unpack,
+        selection: &Selection,
+    ) -> Result<(), MaterializeError> {
         let digest = descriptor.digest.to_string();
         let archive_error = |detail: String| MaterializeError::Archive {
             digest: digest.clone(),
             detail,
         };
-        let file = fs::File::open(blob).map_err(io_err(blob))?;
-        let mut buffered = BufReader::with_capacity(1 << 20, file);
-        let magic = buffered.fill_buf().map_err(io_err(blob))?.to_vec();
+        let mut buffered = BufReader::with_capacity(1 << 20, source);
+        let magic = buffered
+            .fill_buf()
+            .map_err(|e| self.read_error_for(&digest, e, "reading the archive"))?
+            .to_vec();
         let decoded: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
             Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
         } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
@@ -160,16 +175,25 @@ impl<'a> Tree<'a> {
     }
 
     fn read_error(&self, layer: &Layer<'_>, e: io::Error, what: &str) -> MaterializeError {
+        self.read_error_for(&layer.digest, e, what)
+    }
+
+    fn read_error_for(&self, digest: &str, e: io::Error, what: &str) -> MaterializeError {
         if e.kind() == io::ErrorKind::FileTooLarge {
             return MaterializeError::Limit {
-                digest: layer.digest.clone(),
+                digest: digest.to_string(),
                 detail: e.to_string(),
             };
         }
         MaterializeError::Archive {
-            digest: layer.digest.clone(),
+            digest: digest.to_string(),
             detail: format!("{what}: {e}"),
         }
+    }
+
+    /// Flushes every file and folder of the tree to disk (the snapshot is published next).
+    pub fn sync(&self) -> Result<(), MaterializeError> {
+        sync_tree(&self.root)
     }
 
     /// The UTF-8 target of a symlink or hard link entry (`kind` names it in errors).
@@ -244,7 +268,7 @@ impl<'a> Tree<'a> {
                 )?;
                 if !self.clear_target(&target, &layer.digest, true, layer.unpack.overlay)? {
                     self.count(layer, &raw)?;
-                    let dir = target.under(self.root);
+                    let dir = target.under(&self.root);
                     fs::create_dir(&dir).map_err(io_err(&dir))?;
                 }
                 layer.created.insert(target.to_string());
@@ -343,7 +367,7 @@ impl<'a> Tree<'a> {
             Some(&mut layer.created),
         )?;
         self.clear_target(target, &layer.digest, false, layer.unpack.overlay)?;
-        let path = target.under(self.root);
+        let path = target.under(&self.root);
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -464,7 +488,7 @@ impl<'a> Tree<'a> {
             Some(&mut layer.created),
         )?;
         self.clear_target(target, &layer.digest, false, layer.unpack.overlay)?;
-        let at = target.under(self.root);
+        let at = target.under(&self.root);
         std::os::unix::fs::symlink(&relative, &at).map_err(io_err(&at))?;
         layer.created.insert(target.to_string());
         Ok(())
@@ -500,7 +524,7 @@ impl<'a> Tree<'a> {
         if self.through_symlink(&source).is_some() {
             return Err(outside());
         }
-        let from = source.under(self.root);
+        let from = source.under(&self.root);
         match fs::symlink_metadata(&from) {
             Ok(meta) if meta.is_file() => {}
             _ => {
@@ -526,7 +550,7 @@ impl<'a> Tree<'a> {
             Some(&mut layer.created),
         )?;
         self.clear_target(target, &layer.digest, false, layer.unpack.overlay)?;
-        let at = target.under(self.root);
+        let at = target.under(&self.root);
         fs::hard_link(&from, &at).map_err(io_err(&at))?;
         self.files.insert(
             target.clone(),
@@ -592,7 +616,7 @@ impl<'a> Tree<'a> {
                         "the whiteout passes through a symlink",
                     ));
                 }
-                if fs::symlink_metadata(p.under(self.root)).is_ok_and(|m| m.is_dir()) {
+                if fs::symlink_metadata(p.under(&self.root)).is_ok_and(|m| m.is_dir()) {
                     self.clear_dir(Some(&p), layer)?;
                 }
                 Ok(())
@@ -619,7 +643,7 @@ impl<'a> Tree<'a> {
         dir: Option<&SafePath>,
         layer: &Layer<'_>,
     ) -> Result<(), MaterializeError> {
-        let at = dir.map_or_else(|| self.root.to_path_buf(), |d| d.under(self.root));
+        let at = dir.map_or_else(|| self.root.to_path_buf(), |d| d.under(&self.root));
         let children: Vec<String> = fs::read_dir(&at)
             .map_err(io_err(&at))?
             .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
@@ -632,7 +656,7 @@ impl<'a> Tree<'a> {
             };
             let rel = SafePath::new(&rel).expect("a child of a safe path is safe");
             if layer.created.contains(rel.as_str()) {
-                if fs::symlink_metadata(rel.under(self.root)).is_ok_and(|m| m.is_dir()) {
+                if fs::symlink_metadata(rel.under(&self.root)).is_ok_and(|m| m.is_dir()) {
                     self.clear_dir(Some(&rel), layer)?;
                 }
             } else {
@@ -643,7 +667,7 @@ impl<'a> Tree<'a> {
     }
 
     fn remove(&mut self, path: &SafePath) -> Result<(), MaterializeError> {
-        remove_tree(&path.under(self.root))?;
+        remove_tree(&path.under(&self.root))?;
         let prefix = format!("{path}/");
         self.files
             .retain(|p, _| p != path && !p.as_str().starts_with(&prefix));
@@ -652,12 +676,12 @@ impl<'a> Tree<'a> {
 
     /// The first ancestor of `path` in the tree that is a symlink, if any.
     fn through_symlink(&self, path: &SafePath) -> Option<String> {
-        let mut prefix = PathBuf::from(self.root);
+        let mut prefix = self.root.clone();
         let parts: Vec<&str> = path.as_str().split('/').collect();
         for part in &parts[..parts.len() - 1] {
             prefix.push(part);
             if fs::symlink_metadata(&prefix).is_ok_and(|m| m.file_type().is_symlink()) {
-                return Some(prefix.strip_prefix(self.root).ok()?.display().to_string());
+                return Some(prefix.strip_prefix(&self.root).ok()?.display().to_string());
             }
         }
         None
@@ -720,7 +744,7 @@ impl<'a> Tree<'a> {
         want_dir: bool,
         overlay: bool,
     ) -> Result<bool, MaterializeError> {
-        let at = path.under(self.root);
+        let at = path.under(&self.root);
         match fs::symlink_metadata(&at) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(io_err(&at)(e)),
@@ -787,6 +811,25 @@ impl Read for CappedHashingReader {
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
+}
+
+/// fsyncs every regular file and folder below (and including) `dir`; symlinks are skipped.
+fn sync_tree(dir: &Path) -> Result<(), MaterializeError> {
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(io_err(&path))?;
+        if kind.is_dir() {
+            sync_tree(&path)?;
+        } else if kind.is_file() {
+            fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(&path))?;
+        }
+    }
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 #[cfg(test)]

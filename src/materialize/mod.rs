@@ -8,6 +8,7 @@ mod dest_copy;
 pub mod extract;
 pub mod limits;
 pub mod stamp;
+pub mod stream;
 
 use crate::artifact::{Action, Plan};
 use crate::cache::{remove_tree, Cache, CacheError, SnapshotFile};

@@ -192,6 +192,58 @@ pub fn push_artifact(
     sha256(&bytes)
 }
 
+/// Pushes an OCI image index under `tag`: `entries` are `(manifest digest, entry annotations,
+/// extra entry fields)` of manifests already in `repo`. Returns the index digest.
+#[allow(dead_code)]
+pub fn push_index(
+    host: &str,
+    repo: &str,
+    tag: &str,
+    artifact_type: Option<&str>,
+    entries: &[(String, serde_json::Value, serde_json::Value)],
+) -> String {
+    let manifests: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|(digest, annotations, extra)| {
+            let mut body = Vec::new();
+            agent()
+                .get(&format!("http://{host}/v2/{repo}/manifests/{digest}"))
+                .set("Accept", "application/vnd.oci.image.manifest.v1+json")
+                .call()
+                .expect("get manifest")
+                .into_reader()
+                .read_to_end(&mut body)
+                .unwrap();
+            let size = body.len();
+            let mut entry = serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": digest, "size": size, "annotations": annotations,
+            });
+            if let serde_json::Value::Object(fields) = extra {
+                for (k, v) in fields {
+                    entry[k] = v.clone();
+                }
+            }
+            entry
+        })
+        .collect();
+    let mut index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    });
+    if let Some(t) = artifact_type {
+        index["artifactType"] = serde_json::Value::from(t);
+    }
+    let bytes = serde_json::to_vec(&index).unwrap();
+    agent()
+        .put(&format!("http://{host}/v2/{repo}/manifests/{tag}"))
+        .set("Content-Type", "application/vnd.oci.image.index.v1+json")
+        .send_bytes(&bytes)
+        .expect("put index");
+    sha256(&bytes)
+}
+
 /// Reads a whole file (tests compare trees).
 pub fn read(path: &std::path::Path) -> Vec<u8> {
     let mut out = Vec::new();

@@ -1102,6 +1102,38 @@ pub fn oras_pull(host: &str, repo_tag: &str, outdir: &Path) {
     );
 }
 
+/// Push with the real modelpack-client CLI (pip install modelpack-client) over plain http:
+/// `layers` are `(path, media type)`; a folder given a tar media type becomes one tar layer
+/// whose entries sit under the folder's name. Returns the manifest digest.
+#[allow(dead_code)]
+pub fn modelpack_push(
+    host: &str,
+    repo_tag: &str,
+    config: &Path,
+    layers: &[(&Path, &str)],
+) -> String {
+    let mut cmd = Command::new("modelpack");
+    cmd.arg("--insecure")
+        .arg("push")
+        .arg(format!("{host}/{repo_tag}"))
+        .arg("--config")
+        .arg(config);
+    for (path, media_type) in layers {
+        cmd.arg("--layer")
+            .arg(format!("{}:{media_type}", path.display()));
+    }
+    let out = run(&mut cmd, Duration::from_secs(600));
+    assert!(
+        out.status.success(),
+        "modelpack push failed (pip install modelpack-client):\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(out.stdout.trim()).expect("modelpack push prints JSON");
+    report["digest"].as_str().unwrap().to_string()
+}
+
 /// A docker config.json with `auths.<host>.auth = base64(user:pass)`.
 pub fn docker_config_json(host: &str, user: &str, pass: &str) -> String {
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
