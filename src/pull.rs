@@ -1014,9 +1014,10 @@ async fn build_snapshot(
         SnapshotSlot::Ready(info) => return Ok((info, cache.snapshot_dir(snapshot_id), 0)),
         SnapshotSlot::Build(builder) => builder,
     };
-    // Archives are unpacked one after another (in manifest order), but their downloads need
-    // not wait: later streamed layers are fetched ahead into their partials, which their turn
-    // then reads back from disk (page cache) before resuming from the network.
+    // Image layers are unpacked one after another (in manifest order), but their downloads
+    // need not wait: later streamed layers are fetched ahead into their partials, which their
+    // turn then reads back from disk (page cache) before resuming from the network. Other
+    // archives unpack side by side as they download (see `build_tree_streaming`).
     let claimed = std::sync::Mutex::new(HashSet::new());
     let ahead: Vec<&artifact::Descriptor> = plan
         .entries
@@ -1107,7 +1108,10 @@ type BuiltTree = (
     u64,
 );
 
-/// Lays every plan entry into the builder's tree, in order (see `build_snapshot`).
+/// Lays every plan entry into the builder's tree (see `build_snapshot`). Streamed archives
+/// whose paths cannot overlap (no image layers in the plan) each unpack on their own thread
+/// as their bytes arrive, up to `concurrency` at once; image layers go one after another, in
+/// order, since a later one may replace or hide what an earlier one placed.
 async fn build_tree_streaming(
     cache: &Cache,
     source: &Source<'_>,
@@ -1119,6 +1123,11 @@ async fn build_tree_streaming(
     let mut tree = materialize::extract::Tree::new(dir, job.limits);
     let mut partials = Vec::new();
     let mut fetched = 0u64;
+    let parallel = !plan
+        .entries
+        .iter()
+        .any(|e| matches!(&e.action, Action::Unpack(u) if u.overlay));
+    let mut forked = Vec::new();
     for entry in &plan.entries {
         claimed
             .lock()
@@ -1129,15 +1138,25 @@ async fn build_tree_streaming(
         tree = match entry.action {
             Action::Unpack(unpack) if job.streamed.contains(&entry.blob.digest) => {
                 let layer = StreamedLayer {
-                    blob: &entry.blob,
+                    blob: plan
+                        .entries
+                        .iter()
+                        .map(|e| &e.blob)
+                        .find(|b| b.digest == entry.blob.digest)
+                        .expect("the entry is in the plan"),
                     unpack,
                     selection,
                     progress: job.progress,
                 };
-                let (tree, partial, bytes) = stream_layer(cache, source, tree, layer).await?;
-                partials.extend(partial);
-                fetched += bytes;
-                tree
+                if parallel {
+                    forked.push(stream_layer(cache, source, tree.fork(), layer));
+                    tree
+                } else {
+                    let (tree, partial, bytes) = stream_layer(cache, source, tree, layer).await?;
+                    partials.extend(partial);
+                    fetched += bytes;
+                    tree
+                }
             }
             action => {
                 blocking(move || {
@@ -1152,6 +1171,28 @@ async fn build_tree_streaming(
                 .await?
             }
         };
+    }
+    // Every layer runs to its end (so no extractor is still writing when a failure removes
+    // the staged tree); the first failure is the answer.
+    let results: Vec<_> = futures_util::stream::iter(forked)
+        .buffered(job.concurrency.max(1))
+        .collect()
+        .await;
+    let mut failure = None;
+    for result in results {
+        match result {
+            Ok((layer_tree, partial, bytes)) => {
+                tree.merge(layer_tree);
+                partials.extend(partial);
+                fetched += bytes;
+            }
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
     }
     Ok((tree, partials, fetched))
 }

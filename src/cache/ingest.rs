@@ -264,7 +264,7 @@ fn open_partial(path: &PathBuf, expected_size: u64) -> Result<WriterState, Cache
     file.set_len(written).map_err(io)?;
     file.seek(SeekFrom::Start(written)).map_err(io)?;
     Ok(WriterState {
-        file: BufWriter::with_capacity(1 << 20, file),
+        file: BufWriter::with_capacity(256 << 10, file),
         hasher,
         written,
     })

@@ -16,6 +16,8 @@ use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 const WHITEOUT: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
@@ -26,8 +28,10 @@ pub struct Tree {
     root: PathBuf,
     limits: Limits,
     files: BTreeMap<SafePath, SnapshotFile>,
-    placed: u64,
-    expanded: u64,
+    /// Entries and bytes placed so far; shared with the trees `fork` made, so the limits
+    /// hold for all archives together even when they unpack at once.
+    placed: Arc<AtomicU64>,
+    expanded: Arc<AtomicU64>,
 }
 
 /// Where an archive path lands in the tree.
@@ -58,9 +62,28 @@ impl Tree {
             root: root.to_path_buf(),
             limits,
             files: BTreeMap::new(),
-            placed: 0,
-            expanded: 0,
+            placed: Arc::new(AtomicU64::new(0)),
+            expanded: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// A tree over the same folder and limit counters, holding none of this tree's files:
+    /// an archive whose paths cannot overlap another's (no image layers) unpacks into it on
+    /// its own thread, then `merge` brings its files back. Outside images a path is never
+    /// removed or placed twice, so the result does not depend on the order they ran in.
+    pub fn fork(&self) -> Tree {
+        Tree {
+            root: self.root.clone(),
+            limits: self.limits,
+            files: BTreeMap::new(),
+            placed: Arc::clone(&self.placed),
+            expanded: Arc::clone(&self.expanded),
+        }
+    }
+
+    /// Takes the files a forked tree placed.
+    pub fn merge(&mut self, forked: Tree) {
+        self.files.extend(forked.files);
     }
 
     pub fn into_files(self) -> Vec<SnapshotFile> {
@@ -115,7 +138,7 @@ impl Tree {
             digest: digest.clone(),
             detail,
         };
-        let mut buffered = BufReader::with_capacity(1 << 20, source);
+        let mut buffered = BufReader::with_capacity(256 << 10, source);
         let magic = buffered
             .fill_buf()
             .map_err(|e| self.read_error_for(&digest, e, "reading the archive"))?
@@ -137,9 +160,11 @@ impl Tree {
             .min(self.limits.max_expanded.0)
             .saturating_add(self.limits.max_files.saturating_mul(2048))
             .saturating_add(1 << 20);
+        // Only an annotated tar digest needs the decompressed stream hashed (the layer digest
+        // is checked on the download's own thread).
         let reader = CappedHashingReader {
             inner: decoded,
-            hasher: Sha256::new(),
+            hasher: unpack.tar_digest.as_ref().map(|_| Sha256::new()),
             read: 0,
             cap: stream_cap,
         };
@@ -164,7 +189,8 @@ impl Tree {
         io::copy(&mut reader, &mut io::sink())
             .map_err(|e| self.read_error(&layer, e, "reading the archive's end"))?;
         if let Some(expected) = &unpack.tar_digest {
-            let actual = Digest::from_hasher(reader.hasher);
+            let actual =
+                Digest::from_hasher(reader.hasher.expect("hashed when a digest is expected"));
             if &actual != expected {
                 return Err(archive_error(format!(
                     "the unpacked tar has digest {actual}, but the layer's annotation promises {expected}"
@@ -304,8 +330,8 @@ impl Tree {
     }
 
     fn count_for(&mut self, digest: &str, raw: &str) -> Result<(), MaterializeError> {
-        self.placed += 1;
-        if self.placed > self.limits.max_files {
+        let placed = self.placed.fetch_add(1, Ordering::Relaxed) + 1;
+        if placed > self.limits.max_files {
             return Err(MaterializeError::Limit {
                 digest: digest.to_string(),
                 detail: format!(
@@ -325,7 +351,10 @@ impl Tree {
         raw: &str,
     ) -> Result<(), MaterializeError> {
         layer.expanded = layer.expanded.saturating_add(bytes);
-        self.expanded = self.expanded.saturating_add(bytes);
+        let expanded = self
+            .expanded
+            .fetch_add(bytes, Ordering::Relaxed)
+            .saturating_add(bytes);
         if layer.expanded > layer.budget {
             return Err(MaterializeError::Limit {
                 digest: layer.digest.clone(),
@@ -337,7 +366,7 @@ impl Tree {
                 ),
             });
         }
-        if self.expanded > self.limits.max_expanded.0 {
+        if expanded > self.limits.max_expanded.0 {
             return Err(MaterializeError::Limit {
                 digest: layer.digest.clone(),
                 detail: format!(
@@ -376,7 +405,7 @@ impl Tree {
             .open(&path)
             .map_err(io_err(&path))?;
         let mut hasher = Sha256::new();
-        let mut buffer = vec![0u8; 1 << 20];
+        let mut buffer = vec![0u8; 256 << 10];
         let mut written = 0u64;
         loop {
             let n = entry
@@ -786,10 +815,10 @@ fn relative_link(link: &SafePath, target: Option<&SafePath>) -> String {
     }
 }
 
-/// Hashes the decompressed tar stream and stops it past `cap` bytes.
+/// Hashes the decompressed tar stream (when asked to) and stops it past `cap` bytes.
 struct CappedHashingReader {
     inner: Box<dyn Read>,
-    hasher: Sha256,
+    hasher: Option<Sha256>,
     read: u64,
     cap: u64,
 }
@@ -808,7 +837,9 @@ impl Read for CappedHashingReader {
                 ),
             ));
         }
-        self.hasher.update(&buf[..n]);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&buf[..n]);
+        }
         Ok(n)
     }
 }
