@@ -7,8 +7,10 @@
 #   bash bench/warm.sh                       # 100 MiB and 2 GiB
 #   SIZES_MIB="100 2048 20480" bash bench/warm.sh
 #
-# Needs about 2x the largest size free (registry storage + cache), plus 1x for the copy
-# mode; a size that does not fit is skipped with a message. Model bytes are random.
+# Needs about 2x the largest size free (the model and the registry's copy, then the registry's
+# copy and the cache, then the cache and a copied --dest: the registry's copy is deleted once the
+# cache holds the model); a size that does not fit is skipped with a message. Model bytes are
+# random.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -43,8 +45,8 @@ median_ms() {
 printf '%-10s %-14s %-14s %-14s %-10s\n' size "copy (ms)" "--link hard" "stamp hit" "fs"
 for mib in $SIZES_MIB; do
   free_mib=$(( $(df -Pk "$WORK" | awk 'NR==2 {print $4}') / 1024 ))
-  if [ "$free_mib" -lt $(( mib * 3 + 1024 )) ]; then
-    echo "$mib MiB: skipped, needs $(( mib * 3 + 1024 )) MiB free, $free_mib MiB are" >&2
+  if [ "$free_mib" -lt $(( mib * 2 + 1024 )) ]; then
+    echo "$mib MiB: skipped, needs $(( mib * 2 + 1024 )) MiB free, $free_mib MiB are" >&2
     continue
   fi
   rm -rf "$WORK/model" "$WORK/cache" "$WORK/dest"
@@ -59,6 +61,7 @@ for mib in $SIZES_MIB; do
   "$TUGBOAT" pull "$REF" --cache "$WORK/cache" --plain-http >/dev/null 2>&1
   # The registry is stopped: a warm pull by digest must not need it.
   kill "$REGISTRY_PID"; wait "$REGISTRY_PID" 2>/dev/null || true
+  rm -rf "$WORK/registry/data"
 
   prepare() { rm -rf "$WORK/dest"; sync; }
   copy=$(median_ms "$TUGBOAT" pull "$REF" --dest "$WORK/dest" --cache "$WORK/cache" --plain-http)

@@ -133,6 +133,14 @@ fn push_and_pull_file_over_1gib() {
     let file = src.path().join("model.gguf");
     write_random_file(&file, size, 11);
     push(src.path(), &reg.reference("models/big:v1"), &[]).assert_ok("push of 1.1 GiB file");
+    // Sent in 256 MiB PATCH chunks (5 for 1126 MiB, 1 for the config blob), never one request
+    // that outlives a timeout.
+    let patches = reg
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"PATCH /v2/models/big/blobs/uploads/"))
+        .count();
+    assert_eq!(patches, 6, "PATCH requests of the uploads:\n{}", reg.log());
 
     let work = tmp();
     let dest = work.path().join("dest");

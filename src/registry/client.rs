@@ -483,7 +483,9 @@ impl RegistryClient {
         }
     }
 
-    /// Uploads a file as one blob (POST then a monolithic PUT with the digest).
+    /// Uploads a file as one blob: POST, then the bytes in PATCH chunks of at most
+    /// [`UPLOAD_CHUNK`] (each request short, whatever the model's size: a monolithic PUT of
+    /// tens of gigabytes outlives any read timeout), then a PUT with the digest.
     pub async fn push_blob_file(
         &self,
         reference: &Reference,
@@ -493,44 +495,39 @@ impl RegistryClient {
     ) -> Result<(), RegistryError> {
         let endpoint = self.origin(reference);
         let what = format!("upload of blob {digest}");
-        let start_url = endpoint.url(&format!("/v2/{}/blobs/uploads/", reference.repository()));
+        let repository = reference.repository();
+        let start_url = endpoint.url(&format!("/v2/{repository}/blobs/uploads/"));
         let started = self
-            .send(&endpoint, reference.repository(), true, &what, |c| {
+            .send(&endpoint, repository, true, &what, |c| {
                 c.post(&start_url).header(CONTENT_LENGTH, "0")
             })
             .await?;
-        let location = header_str(started.headers(), LOCATION.as_str()).ok_or_else(|| {
-            RegistryError::Protocol {
-                registry: endpoint.host.clone(),
-                what: what.clone(),
-                detail: "upload started without a Location header".into(),
-            }
-        })?;
-        let mut upload_url = url::Url::parse(&endpoint.base_url())
-            .and_then(|base| base.join(&location))
-            .map_err(|e| RegistryError::Protocol {
-                registry: endpoint.host.clone(),
-                what: what.clone(),
-                detail: format!("bad upload Location {location:?}: {e}"),
-            })?;
+        let mut upload_url = upload_location(&endpoint, &what, started.headers())?;
+        let mut offset = 0;
+        while offset < size {
+            let length = (size - offset).min(UPLOAD_CHUNK);
+            let url = upload_url.clone();
+            let path = path.to_path_buf();
+            let accepted = self
+                .send(&endpoint, repository, true, &what, |c| {
+                    c.patch(url.clone())
+                        .header(CONTENT_TYPE, "application/octet-stream")
+                        .header(CONTENT_LENGTH, length)
+                        .header(
+                            reqwest::header::CONTENT_RANGE,
+                            format!("{offset}-{}", offset + length - 1),
+                        )
+                        .body(file_range_body(&path, offset, length))
+                })
+                .await?;
+            upload_url = upload_location(&endpoint, &what, accepted.headers())?;
+            offset += length;
+        }
         upload_url
             .query_pairs_mut()
             .append_pair("digest", &digest.to_string());
-        let path = path.to_path_buf();
-        self.send(&endpoint, reference.repository(), true, &what, |c| {
-            let body = match std::fs::File::open(&path) {
-                Ok(file) => {
-                    reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
-                        tokio::fs::File::from_std(file),
-                        1 << 20,
-                    ))
-                }
-                Err(_) => reqwest::Body::from(Vec::new()),
-            };
-            c.put(upload_url.clone())
-                .header(CONTENT_TYPE, "application/octet-stream")
-                .header(CONTENT_LENGTH, size)
-                .body(body)
+        self.send(&endpoint, repository, true, &what, |c| {
+            c.put(upload_url.clone()).header(CONTENT_LENGTH, "0")
         })
         .await?;
         Ok(())
@@ -740,6 +737,45 @@ fn manifest_path(reference: &Reference) -> String {
         reference.repository(),
         reference.manifest_reference()
     )
+}
+
+/// The largest PATCH of a blob upload.
+const UPLOAD_CHUNK: u64 = 256 << 20;
+
+/// The upload URL a registry answered with (`Location`, relative or absolute).
+fn upload_location(
+    endpoint: &Endpoint,
+    what: &str,
+    headers: &HeaderMap,
+) -> Result<url::Url, RegistryError> {
+    let protocol = |detail: String| RegistryError::Protocol {
+        registry: endpoint.host.clone(),
+        what: what.to_string(),
+        detail,
+    };
+    let location = header_str(headers, LOCATION.as_str())
+        .ok_or_else(|| protocol("the upload answer has no Location header".into()))?;
+    url::Url::parse(&endpoint.base_url())
+        .and_then(|base| base.join(&location))
+        .map_err(|e| protocol(format!("bad upload Location {location:?}: {e}")))
+}
+
+/// `length` bytes of the file at `offset`, streamed (an unreadable file sends nothing, and the
+/// registry's length check refuses the chunk).
+fn file_range_body(path: &Path, offset: u64, length: u64) -> reqwest::Body {
+    use std::io::{Seek as _, SeekFrom};
+    use tokio::io::AsyncReadExt as _;
+    let file = std::fs::File::open(path).and_then(|mut file| {
+        file.seek(SeekFrom::Start(offset))?;
+        Ok(file)
+    });
+    match file {
+        Ok(file) => reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+            tokio::fs::File::from_std(file).take(length),
+            1 << 20,
+        )),
+        Err(_) => reqwest::Body::from(Vec::new()),
+    }
 }
 
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
