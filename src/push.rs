@@ -110,20 +110,12 @@ pub async fn push(
         let _ = std::fs::remove_file(&temp);
         result?;
     }
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": crate::artifact::manifest::OCI_MANIFEST,
-        "artifactType": options.artifact_type,
-        "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": config_digest.to_string(), "size": EMPTY_CONFIG.len(), "data": "e30="},
-        "layers": pushed.iter().map(|f| serde_json::json!({
-            "mediaType": LAYER_MEDIA_TYPE,
-            "digest": f.digest.to_string(),
-            "size": f.size,
-            "annotations": {crate::artifact::oras::TITLE: f.path},
-        })).collect::<Vec<_>>(),
-        "annotations": options.annotations,
-    });
-    let bytes = serde_json::to_vec(&manifest).expect("manifest serialises");
+    let manifest =
+        oras_manifest(&config_digest, &pushed, options).map_err(|e| PushError::Input {
+            path: dir.to_path_buf(),
+            detail: format!("cannot build the manifest: {e}"),
+        })?;
+    let bytes = serde_json::to_vec(&manifest).expect("a manifest serialises");
     let digest = registry
         .push_manifest(
             reference,
@@ -136,6 +128,53 @@ pub async fn push(
         digest,
         files: pushed,
     })
+}
+
+/// The ORAS-style manifest of the pushed files (oci-spec's builders: the image spec's field
+/// names and optional fields exactly): the empty config, one titled layer per file.
+fn oras_manifest(
+    config_digest: &Digest,
+    pushed: &[PushedFile],
+    options: &PushOptions,
+) -> Result<oci_spec::image::ImageManifest, oci_spec::OciSpecError> {
+    use oci_spec::image::{DescriptorBuilder, ImageManifestBuilder, MediaType};
+    let digest = |d: &Digest| d.to_string().parse::<oci_spec::image::Digest>();
+    let config = DescriptorBuilder::default()
+        .media_type(MediaType::Other(EMPTY_MEDIA_TYPE.into()))
+        .digest(digest(config_digest)?)
+        .size(EMPTY_CONFIG.len() as u64)
+        .data("e30=")
+        .build()?;
+    let layers = pushed
+        .iter()
+        .map(|f| {
+            DescriptorBuilder::default()
+                .media_type(MediaType::Other(LAYER_MEDIA_TYPE.into()))
+                .digest(digest(&f.digest)?)
+                .size(f.size)
+                .annotations(std::collections::HashMap::from([(
+                    crate::artifact::oras::TITLE.to_string(),
+                    f.path.to_string(),
+                )]))
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut builder = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .artifact_type(MediaType::Other(options.artifact_type.clone()))
+        .config(config)
+        .layers(layers);
+    if !options.annotations.is_empty() {
+        builder = builder.annotations(
+            options
+                .annotations
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
+    }
+    builder.build()
 }
 
 /// Regular files under `dir`, sorted, titled by their relative path; tugboat's own folder and
