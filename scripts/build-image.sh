@@ -77,6 +77,16 @@ det_tar() {
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 
+# store_blob FILE LAYOUT: moves FILE into LAYOUT/blobs/sha256/ under its digest; prints
+# "HEX SIZE".
+store_blob() {
+    local hex size
+    hex="$(sha "$1")"
+    size="$(stat -c %s "$1")"
+    mv "$1" "$2/blobs/sha256/$hex"
+    echo "$hex $size"
+}
+
 # archive BINARY FILE [TAG]
 make_archive() {
     local binary="$1" out="$2" tag="${3:-latest}"
@@ -92,9 +102,7 @@ make_archive() {
     diff_id="$(sha "$work/layer.tar")"
     gzip -n -c "$work/layer.tar" >"$work/layer.tar.gz"
     local layer layer_size
-    layer="$(sha "$work/layer.tar.gz")"
-    layer_size="$(stat -c %s "$work/layer.tar.gz")"
-    mv "$work/layer.tar.gz" "$layout/blobs/sha256/$layer"
+    read -r layer layer_size < <(store_blob "$work/layer.tar.gz" "$layout")
 
     local created
     created="$(date -u -d "@$epoch" +%Y-%m-%dT%H:%M:%SZ)"
@@ -107,16 +115,12 @@ make_archive() {
     printf '{"architecture":"%s","os":"linux","created":"%s","config":{"User":"0","Env":["PATH=/usr/local/bin"],"Entrypoint":["/usr/local/bin/tugboat"],"Cmd":["--help"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created":"%s","created_by":"scripts/build-image.sh"}]}' \
         "$arch" "$created" "$diff_id" "$created" >"$work/config.json"
     local config config_size
-    config="$(sha "$work/config.json")"
-    config_size="$(stat -c %s "$work/config.json")"
-    mv "$work/config.json" "$layout/blobs/sha256/$config"
+    read -r config config_size < <(store_blob "$work/config.json" "$layout")
 
     printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s}]}' \
         "$config" "$config_size" "$layer" "$layer_size" >"$work/manifest.json"
     local manifest manifest_size
-    manifest="$(sha "$work/manifest.json")"
-    manifest_size="$(stat -c %s "$work/manifest.json")"
-    mv "$work/manifest.json" "$layout/blobs/sha256/$manifest"
+    read -r manifest manifest_size < <(store_blob "$work/manifest.json" "$layout")
 
     printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"%s"}}]}' \
         "$manifest" "$manifest_size" "$tag" >"$layout/index.json"

@@ -12,7 +12,7 @@ use crate::digest::Digest;
 use crate::metrics::Metrics;
 use crate::policy::{Gate, Mode as RequestMode, Policy};
 use crate::progress::Progress;
-use crate::pull::{self, PullError, PullReport, PullRequest};
+use crate::pull::{self, PullReport, PullRequest};
 use crate::registry::RegistryClient;
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::DirBuilderExt as _;
@@ -207,7 +207,7 @@ impl Volumes {
                     mode,
                     request.signature_policy.as_deref(),
                 )
-                .map_err(|e| status::from_pull(&PullError::from(e)))?,
+                .map_err(|e| crate::errors::status(&e))?,
             None => Gate::open(),
         };
         // The node's own credentials only where the policy grants them; the pod's secret always.
@@ -242,7 +242,7 @@ impl Volumes {
         let work = move || async move {
             let _slot = gate
                 .pull_slot(&pull_request.reference, &slot_key)
-                .map_err(|e| status::from_pull(&PullError::from(e)))?;
+                .map_err(|e| crate::errors::status(&e))?;
             let started = std::time::Instant::now();
             metrics.pulls_in_flight.inc();
             let result = pull::pull_gated(&pull_request, &client, &Progress::hidden(), &gate).await;

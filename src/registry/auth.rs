@@ -163,8 +163,6 @@ impl Authorizer {
         scope: &str,
         credentials: Option<&Credentials>,
     ) -> Result<(String, Duration), RegistryError> {
-        self.token_requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut url = url::Url::parse(realm).map_err(|e| RegistryError::Protocol {
             registry: endpoint.host.clone(),
             what: "authentication".into(),
@@ -177,6 +175,8 @@ impl Authorizer {
                 detail: format!("token realm {url}: {why}"),
             })?;
         }
+        self.token_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         {
             let mut query = url.query_pairs_mut();
             if let Some(service) = service {
