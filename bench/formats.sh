@@ -4,10 +4,11 @@
 # all pushed with the real modelpack-client (PyPI), against `dd conv=fdatasync` of the same
 # size into the cache's filesystem. Prints wall time, MB/s, peak RSS, the cache's size on disk
 # after the pull, and the ratios the targets are stated in (tar/raw <= 1.15, cache <= 1.05x
-# the model, RSS < 64 MiB).
+# the model, RSS < 64 MiB). Each pull runs RUNS times, the packings interleaved, and the
+# table shows the median wall time and the largest peak RSS.
 #
-#   bash bench/formats.sh                  # 2 GiB in 4 layers
-#   LAYERS=2 LAYER_MIB=64 bash bench/formats.sh
+#   bash bench/formats.sh                  # 2 GiB in 4 layers, 3 runs
+#   LAYERS=2 LAYER_MIB=64 RUNS=1 bash bench/formats.sh
 #   PACKINGS="raw tar" bash bench/formats.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,7 @@ source bench/lib.sh
 LAYERS=${LAYERS:-4}
 LAYER_MIB=${LAYER_MIB:-512}
 PACKINGS=${PACKINGS:-raw tar tar+gzip tar+zstd}
+RUNS=${RUNS:-3}
 
 need_packages time
 command -v modelpack >/dev/null || python3 -m pip install -q modelpack-client ||
@@ -74,10 +76,12 @@ for packing in $PACKINGS; do
   echo "== pushing $packing with modelpack-client"
   push_packing "$packing"
 done
-for packing in $PACKINGS; do
-  echo "== pulling $packing"
-  measure "$packing" "$TUGBOAT" pull "$REGISTRY/bench/model:${packing//+/-}" --plain-http \
-    --cache "$WORK/cache"
+for run in $(seq "$RUNS"); do
+  for packing in $PACKINGS; do
+    echo "== pulling $packing (run $run of $RUNS)"
+    measure "$packing" "$TUGBOAT" pull "$REGISTRY/bench/model:${packing//+/-}" --plain-http \
+      --cache "$WORK/cache"
+  done
 done
 echo "== dd conv=fdatasync"
 mkdir -p "$WORK/cache"
@@ -89,15 +93,20 @@ measure_dd() {
   echo "dd $seconds $kib $(du -sb "$WORK/dd.bin" | cut -f1)" >> "$RESULTS"
   rm -f "$WORK/dd.bin"
 }
-measure_dd
+for _ in $(seq "$RUNS"); do measure_dd; done
 
 echo
-echo "model: $LAYERS layers x $LAYER_MIB MiB = $((MODEL_BYTES >> 20)) MiB; $(nproc) cores; cache on $(df --output=source "$WORK" | tail -1)"
+echo "model: $LAYERS layers x $LAYER_MIB MiB = $((MODEL_BYTES >> 20)) MiB; $(nproc) cores; cache on $(df --output=source "$WORK" | tail -1); median of $RUNS run(s)"
 python3 - "$RESULTS" "$MODEL_BYTES" <<'PY'
-import sys
+import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 model = int(sys.argv[2])
-by = {r[0]: (float(r[1]), int(r[2]), int(r[3])) for r in rows}
+runs = {}
+for name, secs, kib, disk in rows:
+    runs.setdefault(name, []).append((float(secs), int(kib), int(disk)))
+# Median wall time, largest peak RSS, largest cache size of each packing's runs.
+by = {name: (statistics.median(r[0] for r in rs), max(r[1] for r in rs), max(r[2] for r in rs))
+      for name, rs in runs.items()}
 raw = by.get("raw", (None,))[0]
 dd = by["dd"][0]
 print("| packing | wall s | MB/s | vs raw | vs dd | peak RSS MiB | cache after | cache / model |")
@@ -108,4 +117,7 @@ for name, (secs, kib, disk) in by.items():
     cache = f"{disk / 2**20:.0f} MiB" if name != "dd" else "-"
     ratio = f"{disk / model:.3f}" if name != "dd" else "-"
     print(f"| {name} | {secs:.2f} | {mbps:.0f} | {vs_raw} | {secs / dd:.2f}x | {kib / 1024:.1f} | {cache} | {ratio} |")
+print()
+for name, rs in runs.items():
+    print(f"{name}: " + ", ".join(f"{r[0]:.2f} s / {r[1] / 1024:.1f} MiB" for r in rs))
 PY

@@ -2,9 +2,7 @@
 //! -> destination. Pull policies decide when the registry is asked at all.
 
 use crate::artifact::{self, Action, ArtifactError, Format, Manifest, Parsed, Plan};
-use crate::cache::{
-    Cache, CacheError, ChunkedIngest, Ingest, SnapshotFile, SnapshotInfo, SnapshotSlot,
-};
+use crate::cache::{Cache, CacheError, ChunkedIngest, Ingest, Purpose, SnapshotFile, SnapshotInfo};
 use crate::digest::Digest;
 use crate::materialize::{self, MaterializeError, Stamp};
 use crate::policy::{self, Gate, PolicyError};
@@ -18,7 +16,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+mod build;
 mod chunks;
+mod streamed;
+
+use build::{build_snapshot, SnapshotJob};
 
 /// When to contact the registry, as for Kubernetes images.
 #[derive(
@@ -191,6 +193,7 @@ pub async fn pull_gated(
         reference,
         offline: request.policy == PullPolicy::Never,
         fetched_manifest: AtomicBool::new(false),
+        range_ignored: AtomicBool::new(false),
     };
 
     gate.before_contact(reference).await?;
@@ -411,6 +414,8 @@ struct Source<'a> {
     offline: bool,
     /// The registry served a manifest to this request's credentials (so it may read the model).
     fetched_manifest: AtomicBool,
+    /// The registry answered a Range request with the whole blob: fetch in one stream.
+    range_ignored: AtomicBool,
 }
 
 impl Source<'_> {
@@ -631,11 +636,16 @@ async fn fetch_blobs(
     }
     // Largest first, so the long download starts at once.
     blobs.sort_by_key(|b| std::cmp::Reverse(b.size));
-    // A streamed archive's partial lives until its snapshot commits: count it as a blob.
+    // A compressed streamed archive's partial lives beside its unpacked files until the
+    // snapshot commits: count it as a blob. A plain tar's is counted once, as its unpacked
+    // size: modctl's one-file layers become their file (a many-file plain tar needs its
+    // size twice until it commits, and a full disk then fails the pull cleanly).
     let in_flight: Vec<&artifact::Descriptor> = plan
         .entries
         .iter()
-        .filter(|e| streamed.contains(&e.blob.digest))
+        .filter(|e| {
+            streamed.contains(&e.blob.digest) && !streamed::is_plain_tar(&e.blob.media_type)
+        })
         .map(|e| &e.blob)
         .collect();
     check_space(
@@ -767,7 +777,7 @@ async fn fetch_chunked(
     may_retry: bool,
 ) -> Result<Attempt, PullError> {
     let writer = match cache
-        .ingest_chunked(&blob.digest, blob.size, tuning.chunk_size)
+        .ingest_chunked(&blob.digest, blob.size, tuning.chunk_size, Purpose::Blob)
         .await?
     {
         ChunkedIngest::Present => return Ok(Attempt::Present),
@@ -985,352 +995,6 @@ async fn download_body(
         }
     }
     Ok(BodyEnd::Ended)
-}
-
-/// What building a snapshot needs besides the cache and the registry.
-struct SnapshotJob<'a> {
-    plan: &'a Plan,
-    /// Archive layers to download and unpack at once (see `streamed_layers`).
-    streamed: &'a HashSet<Digest>,
-    limits: materialize::Limits,
-    /// Downloads at once: streamed layers after the first are fetched ahead into their partials.
-    concurrency: usize,
-    progress: &'a Progress,
-}
-
-/// Builds the snapshot in plan order: raw layers linked from their blobs, archives unpacked
-/// from their blobs or, for streamed layers, while they download. The snapshot is published
-/// only after every streamed layer's size and digest verified; on any failure the staged tree
-/// is removed. Streamed layers' partials are deleted once it is published, so the cache keeps
-/// one copy of the bytes. Returns the bytes fetched from the registry.
-async fn build_snapshot(
-    cache: &Cache,
-    source: &Source<'_>,
-    snapshot_id: &Digest,
-    job: SnapshotJob<'_>,
-) -> Result<(SnapshotInfo, PathBuf, u64), PullError> {
-    let plan = job.plan;
-    let builder = match cache.snapshot_slot(snapshot_id).await? {
-        SnapshotSlot::Ready(info) => return Ok((info, cache.snapshot_dir(snapshot_id), 0)),
-        SnapshotSlot::Build(builder) => builder,
-    };
-    // Image layers are unpacked one after another (in manifest order), but their downloads
-    // need not wait: later streamed layers are fetched ahead into their partials, which their
-    // turn then reads back from disk (page cache) before resuming from the network. Other
-    // archives unpack side by side as they download (see `build_tree_streaming`).
-    let claimed = std::sync::Mutex::new(HashSet::new());
-    let ahead: Vec<&artifact::Descriptor> = plan
-        .entries
-        .iter()
-        .filter(|e| job.streamed.contains(&e.blob.digest))
-        .map(|e| &e.blob)
-        .skip(1)
-        .collect();
-    let prefetch = futures_util::stream::iter(
-        ahead
-            .into_iter()
-            .map(|blob| fetch_ahead(cache, source, blob, &claimed))
-            .collect::<Vec<_>>(),
-    )
-    .buffer_unordered(job.concurrency.saturating_sub(1).max(1))
-    .fold(0u64, |total, bytes| async move { total + bytes });
-    let dir = builder.dir().to_path_buf();
-    let build = build_tree_streaming(cache, source, &dir, &job, &claimed);
-    tokio::pin!(prefetch, build);
-    // When the tree is done (or refused) first, what is still fetching ahead is dropped.
-    let (built, ahead_bytes) = tokio::select! {
-        built = &mut build => (built, 0),
-        bytes = &mut prefetch => (build.await, bytes),
-    };
-    let (tree, partials, fetched) = match built {
-        Ok(built) => built,
-        Err(e @ PullError::Materialize(_)) => {
-            // A refused archive: keep nothing of this model's streamed layers.
-            for digest in job.streamed {
-                discard_partial(cache, digest).await;
-            }
-            return Err(e);
-        }
-        Err(e) => return Err(e),
-    };
-    let fetched = fetched + ahead_bytes;
-    build_snapshot_commit(source, snapshot_id, builder, &job, tree, partials, fetched).await
-}
-
-/// Deletes a streamed layer's partial download, under its lock.
-async fn discard_partial(cache: &Cache, digest: &Digest) {
-    if let Ok(Ingest::Needed(writer)) = cache.ingest(digest, u64::MAX).await {
-        writer.discard().await;
-    }
-}
-
-/// Fetches a streamed layer ahead of its turn into its partial (no extraction), unless its
-/// turn has come. Failures are left to the layer's own download; returns the bytes fetched.
-async fn fetch_ahead(
-    cache: &Cache,
-    source: &Source<'_>,
-    blob: &artifact::Descriptor,
-    claimed: &std::sync::Mutex<HashSet<Digest>>,
-) -> u64 {
-    let is_claimed = || claimed.lock().expect("claims lock").contains(&blob.digest);
-    if is_claimed() {
-        return 0;
-    }
-    let Ok(registry) = source.online() else {
-        return 0;
-    };
-    let mut writer = match cache.ingest(&blob.digest, blob.size).await {
-        Ok(Ingest::Needed(writer)) => writer,
-        _ => return 0,
-    };
-    if is_claimed() {
-        // Its turn came while we waited for the lock: the extractor's download takes over.
-        let _ = writer.suspend().await;
-        return 0;
-    }
-    let mut bar = crate::progress::Progress::hidden().blob("", blob.size, writer.offset());
-    let mut fetched = 0u64;
-    let feed = Feed {
-        bar: &mut bar,
-        fetched: &mut fetched,
-        tap: None,
-    };
-    if let Err(e) = download_with_resume(source, registry, blob, &mut writer, feed).await {
-        tracing::debug!(digest = %blob.digest, error = %e, "fetching ahead stopped; the layer's turn resumes it");
-    }
-    writer.abandon_keeping_partial().await;
-    fetched
-}
-
-type BuiltTree = (
-    materialize::extract::Tree,
-    Vec<crate::cache::BlobWriter>,
-    u64,
-);
-
-/// Lays every plan entry into the builder's tree (see `build_snapshot`). Streamed archives
-/// whose paths cannot overlap (no image layers in the plan) each unpack on their own thread
-/// as their bytes arrive, up to `concurrency` at once; image layers go one after another, in
-/// order, since a later one may replace or hide what an earlier one placed.
-async fn build_tree_streaming(
-    cache: &Cache,
-    source: &Source<'_>,
-    dir: &std::path::Path,
-    job: &SnapshotJob<'_>,
-    claimed: &std::sync::Mutex<HashSet<Digest>>,
-) -> Result<BuiltTree, PullError> {
-    let plan = job.plan;
-    let mut tree = materialize::extract::Tree::new(dir, job.limits);
-    let mut partials = Vec::new();
-    let mut fetched = 0u64;
-    let parallel = !plan
-        .entries
-        .iter()
-        .any(|e| matches!(&e.action, Action::Unpack(u) if u.overlay));
-    let mut forked = Vec::new();
-    for entry in &plan.entries {
-        claimed
-            .lock()
-            .expect("claims lock")
-            .insert(entry.blob.digest.clone());
-        let (entry, selection) = (entry.clone(), plan.selection.clone());
-        let blob = cache.blob_path(&entry.blob.digest);
-        tree = match entry.action {
-            Action::Unpack(unpack) if job.streamed.contains(&entry.blob.digest) => {
-                let layer = StreamedLayer {
-                    blob: plan
-                        .entries
-                        .iter()
-                        .map(|e| &e.blob)
-                        .find(|b| b.digest == entry.blob.digest)
-                        .expect("the entry is in the plan"),
-                    unpack,
-                    selection,
-                    progress: job.progress,
-                };
-                if parallel {
-                    forked.push(stream_layer(cache, source, tree.fork(), layer));
-                    tree
-                } else {
-                    let (tree, partial, bytes) = stream_layer(cache, source, tree, layer).await?;
-                    partials.extend(partial);
-                    fetched += bytes;
-                    tree
-                }
-            }
-            action => {
-                blocking(move || {
-                    match &action {
-                        Action::File { path } => tree.place_blob(path, &blob, &entry.blob)?,
-                        Action::Unpack(unpack) => {
-                            tree.unpack(&blob, &entry.blob, unpack, &selection)?
-                        }
-                    }
-                    Ok(tree)
-                })
-                .await?
-            }
-        };
-    }
-    // Every layer runs to its end (so no extractor is still writing when a failure removes
-    // the staged tree); the first failure is the answer.
-    let results: Vec<_> = futures_util::stream::iter(forked)
-        .buffered(job.concurrency.max(1))
-        .collect()
-        .await;
-    let mut failure = None;
-    for result in results {
-        match result {
-            Ok((layer_tree, partial, bytes)) => {
-                tree.merge(layer_tree);
-                partials.extend(partial);
-                fetched += bytes;
-            }
-            Err(e) => {
-                failure.get_or_insert(e);
-            }
-        }
-    }
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    Ok((tree, partials, fetched))
-}
-
-/// Syncs the built tree, publishes the snapshot, then deletes the streamed layers' partials.
-async fn build_snapshot_commit(
-    source: &Source<'_>,
-    snapshot_id: &Digest,
-    builder: crate::cache::SnapshotBuilder,
-    job: &SnapshotJob<'_>,
-    tree: materialize::extract::Tree,
-    partials: Vec<crate::cache::BlobWriter>,
-    fetched: u64,
-) -> Result<(SnapshotInfo, PathBuf, u64), PullError> {
-    let plan = job.plan;
-    let info = SnapshotInfo {
-        reference: source.reference.to_string(),
-        digest: snapshot_id.clone(),
-        format: plan.format.name().to_string(),
-        files: Vec::new(),
-        created: now(),
-        // Streamed archives leave no blob: the snapshot's file digests vouch for their bytes.
-        blobs: plan
-            .entries
-            .iter()
-            .map(|e| e.blob.digest.clone())
-            .filter(|d| !job.streamed.contains(d))
-            .collect(),
-    };
-    let (info, dir) = blocking(move || {
-        tree.sync()?;
-        let info = SnapshotInfo {
-            files: tree.into_files(),
-            ..info
-        };
-        let dir = builder.commit(&info)?;
-        Ok((info, dir))
-    })
-    .await?;
-    for partial in partials {
-        partial.discard().await;
-    }
-    Ok((info, dir, fetched))
-}
-
-/// Runs filesystem work on a blocking thread.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, MaterializeError> + Send + 'static,
-) -> Result<T, PullError> {
-    Ok(tokio::task::spawn_blocking(work)
-        .await
-        .expect("snapshot task panicked")?)
-}
-
-/// One archive layer to unpack while it downloads.
-struct StreamedLayer<'a> {
-    blob: &'a artifact::Descriptor,
-    unpack: artifact::Unpack,
-    selection: artifact::Selection,
-    progress: &'a Progress,
-}
-
-/// Downloads one archive layer into its partial (the resume point) while the extractor
-/// unpacks the same bytes into `tree`. A partial an earlier pull left is re-read from disk
-/// and the rest fetched with Range. Returns the tree, the verified partial (deleted by the
-/// caller once the snapshot is published) and the bytes fetched.
-async fn stream_layer(
-    cache: &Cache,
-    source: &Source<'_>,
-    mut tree: materialize::extract::Tree,
-    layer: StreamedLayer<'_>,
-) -> Result<
-    (
-        materialize::extract::Tree,
-        Option<crate::cache::BlobWriter>,
-        u64,
-    ),
-    PullError,
-> {
-    let StreamedLayer {
-        blob,
-        unpack,
-        selection,
-        progress,
-    } = layer;
-    let mut writer = match cache.ingest(&blob.digest, blob.size).await? {
-        Ingest::Needed(writer) => writer,
-        Ingest::Present => {
-            // Another pull stored it as a blob meanwhile: unpack that.
-            let (path, descriptor) = (cache.blob_path(&blob.digest), blob.clone());
-            let tree = blocking(move || {
-                tree.unpack(&path, &descriptor, &unpack, &selection)?;
-                Ok(tree)
-            })
-            .await?;
-            return Ok((tree, None, 0));
-        }
-    };
-    let registry = match source.online() {
-        Ok(registry) => registry,
-        Err(e) => {
-            writer.suspend().await?;
-            return Err(e);
-        }
-    };
-    let prefix = writer.offset();
-    if prefix > 0 {
-        tracing::info!(digest = %blob.digest, bytes = prefix, "unpacking the bytes an interrupted pull left, then resuming the download");
-    }
-    let (sender, receiver) = tokio::sync::mpsc::channel(materialize::stream::CHANNEL_CHUNKS);
-    let partial = writer.partial_path().to_path_buf();
-    let descriptor = blob.clone();
-    let extractor = tokio::task::spawn_blocking(move || {
-        let result = materialize::stream::StreamSource::new(&partial, prefix, receiver)
-            .map_err(|e| MaterializeError::Cache(CacheError::io(&partial, e)))
-            .and_then(|source| tree.unpack_from(source, &descriptor, &unpack, &selection));
-        (tree, result)
-    });
-    let mut bar = progress.blob(&progress_label(blob), blob.size, prefix);
-    let mut fetched = 0u64;
-    let feed = Feed {
-        bar: &mut bar,
-        fetched: &mut fetched,
-        tap: Some(&sender),
-    };
-    let downloaded = download_with_resume(source, registry, blob, &mut writer, feed).await;
-    drop(sender);
-    let (tree, extracted) = extractor.await.expect("extractor panicked");
-    // A download that failed keeps its partial for the next pull (the writer decided).
-    downloaded?;
-    if let Err(refused) = extracted {
-        // The archive was refused (or could not be written): keep nothing of it.
-        writer.discard().await;
-        return Err(refused.into());
-    }
-    writer.verify_streamed().await?;
-    bar.finish();
-    Ok((tree, Some(writer), fetched))
 }
 
 fn now() -> u64 {

@@ -221,6 +221,26 @@ fn inspect_reads_only_manifest_and_config() {
     );
 }
 
+/// What `kit unpack` writes for the config `kitops_modelkit_round_trip` pushes.
+const KIT_UNPACK_KITFILE: &str = "\
+manifestVersion: 1.0.0
+package:
+  name: tinyllama
+  version: 1.0.0
+  description: test kit
+model:
+  name: tinyllama
+  path: models/tiny.gguf
+  framework: gguf
+code:
+  - path: src
+datasets:
+  - name: train
+    path: data/train.csv
+docs:
+  - path: README.md
+";
+
 #[test]
 fn kitops_modelkit_round_trip() {
     let reg = Registry::start();
@@ -286,7 +306,8 @@ fn kitops_modelkit_round_trip() {
             ("data/train.csv".into(), csv),
             ("src/train.py".into(), code),
             ("README.md".into(), readme),
-            ("Kitfile".into(), kitfile),
+            // As `kit unpack` writes it: kit's struct order, yaml.v3 with two-space indent.
+            ("Kitfile".into(), KIT_UNPACK_KITFILE.as_bytes().to_vec()),
         ],
     );
     use std::os::unix::fs::PermissionsExt;
@@ -868,29 +889,59 @@ fn kitops_raw_layers_and_an_index_of_variants() {
     assert_eq!(fs::read(dest.join("llama-q4_0.gguf")).unwrap(), q4);
 }
 
+const DOCKER_V01: &str = "application/vnd.docker.ai.model.config.v0.1+json";
+const DOCKER_V02: &str = "application/vnd.docker.ai.model.config.v0.2+json";
+
+/// Docker model artifacts, laid out file for file as Docker Model Runner's bundle lays out
+/// its `model/` folder (docker/model-runner, pkg/distribution/internal/bundle/unpack.go).
 #[test]
 fn docker_model_artifacts_as_model_runner_lays_them_out() {
     let reg = Registry::start();
-    // v0.1, as `docker model package --gguf` pushes a sharded model: no file names.
+    // v0.1, as `docker model package --gguf --mmproj --chat-template --license` pushes a
+    // sharded model: names come from media types and shard order, never from annotations;
+    // the license layer is not placed (and so not fetched).
     let shard1 = random_bytes(200_000, 51);
     let shard2 = random_bytes(100_000, 52);
+    let mmproj = random_bytes(50_000, 54);
+    let template = b"{{ messages }}".to_vec();
     let license = b"Apache-2.0\n".to_vec();
     let config = br#"{"config":{"format":"gguf","quantization":"Q4_K_M"},"descriptor":{},"rootfs":{"type":"rootfs","diff_ids":[]}}"#;
+    let license_layer = Layer::new(
+        "application/vnd.docker.ai.license",
+        license.clone(),
+        &[(FILEPATH, "LICENSE")],
+    );
+    let license_digest = artifacts::sha256(&license_layer.bytes);
     push_artifact(
         &reg.host(),
         "ai/smollm",
         "v1",
         None,
-        ("application/vnd.docker.ai.model.config.v0.1+json", config),
+        (DOCKER_V01, config),
         &[
-            Layer::new("application/vnd.docker.ai.gguf.v3", shard1.clone(), &[]),
-            Layer::new("application/vnd.docker.ai.gguf.v3", shard2.clone(), &[]),
-            Layer::new("application/vnd.docker.ai.license", license.clone(), &[]),
+            Layer::new(
+                "application/vnd.docker.ai.gguf.v3",
+                shard1.clone(),
+                &[(FILEPATH, "SmolLM-Q4_K_M-00001-of-00002.gguf")],
+            ),
+            Layer::new(
+                "application/vnd.docker.ai.gguf.v3",
+                shard2.clone(),
+                &[(FILEPATH, "SmolLM-Q4_K_M-00002-of-00002.gguf")],
+            ),
+            Layer::new("application/vnd.docker.ai.mmproj", mmproj.clone(), &[]),
+            Layer::new(
+                "application/vnd.docker.ai.chat.template.jinja",
+                template.clone(),
+                &[],
+            ),
+            license_layer,
         ],
         &[],
     );
     let dir = tmp();
     let dest = dir.path().join("gguf");
+    let mark = reg.mark();
     let run = pull(&reg.reference("ai/smollm:v1"), &dest, None, &["--json"]);
     run.assert_ok("docker gguf pull");
     assert_eq!(run.json()["format"], "docker");
@@ -899,11 +950,17 @@ fn docker_model_artifacts_as_model_runner_lays_them_out() {
         &[
             ("model-00001-of-00002.gguf".into(), shard1),
             ("model-00002-of-00002.gguf".into(), shard2),
-            ("LICENSE".into(), license),
+            ("model.mmproj".into(), mmproj),
+            ("template.jinja".into(), template),
         ],
     );
-    // v0.2 (safetensors): one layer per file named by its filepath annotation, plus the
-    // vLLM config archive.
+    assert!(
+        reg.blob_downloads_since(mark, &license_digest).is_empty(),
+        "the license layer the runner does not place is not fetched"
+    );
+
+    // v0.1 from the time `docker model package --safetensors-dir` put the configs in a vLLM
+    // config archive: one unnamed safetensors file, the archive unpacked at the root.
     let st = random_bytes(300_000, 53);
     let cfg = br#"{"model_type":"llama"}"#.to_vec();
     push_artifact(
@@ -911,13 +968,9 @@ fn docker_model_artifacts_as_model_runner_lays_them_out() {
         "ai/smollm-st",
         "v1",
         None,
-        ("application/vnd.docker.ai.model.config.v0.2+json", config),
+        (DOCKER_V01, config),
         &[
-            Layer::new(
-                "application/vnd.docker.ai.safetensors",
-                st.clone(),
-                &[(FILEPATH, "model.safetensors")],
-            ),
+            Layer::new("application/vnd.docker.ai.safetensors", st.clone(), &[]),
             Layer::new(
                 "application/vnd.docker.ai.vllm.config.tar",
                 tar(&[Entry::File("config.json", &cfg)]),
@@ -931,10 +984,95 @@ fn docker_model_artifacts_as_model_runner_lays_them_out() {
     assert_tree(
         &dest,
         &[
-            ("model.safetensors".into(), st),
-            ("config.json".into(), cfg),
+            ("model.safetensors".into(), st.clone()),
+            ("config.json".into(), cfg.clone()),
         ],
     );
+
+    // v0.2, as `docker model package --safetensors-dir` pushes today: one layer per file at
+    // its filepath annotation, whatever its media type (the license too); a layer without an
+    // annotation is left out, as the runner leaves it out.
+    let st2 = random_bytes(200_000, 55);
+    let tokenizer = br#"{"model":{"type":"BPE"}}"#.to_vec();
+    push_artifact(
+        &reg.host(),
+        "ai/smollm-v2",
+        "v1",
+        None,
+        (DOCKER_V02, config),
+        &[
+            Layer::new(
+                "application/vnd.docker.ai.safetensors",
+                st.clone(),
+                &[(FILEPATH, "model-00001-of-00002.safetensors")],
+            ),
+            Layer::new(
+                "application/vnd.docker.ai.safetensors",
+                st2.clone(),
+                &[(FILEPATH, "model-00002-of-00002.safetensors")],
+            ),
+            Layer::new(
+                "application/vnd.docker.ai.model.file",
+                cfg.clone(),
+                &[(FILEPATH, "config.json")],
+            ),
+            Layer::new(
+                "application/vnd.docker.ai.model.file",
+                tokenizer.clone(),
+                &[(FILEPATH, "tokenizer/tokenizer.json")],
+            ),
+            Layer::new(
+                "application/vnd.docker.ai.license",
+                license.clone(),
+                &[(FILEPATH, "LICENSE")],
+            ),
+            Layer::new("application/vnd.docker.ai.model.file", b"x".to_vec(), &[]),
+        ],
+        &[],
+    );
+    let dest = dir.path().join("v2");
+    pull(&reg.reference("ai/smollm-v2:v1"), &dest, None, &[]).assert_ok("docker v0.2");
+    assert_tree(
+        &dest,
+        &[
+            ("model-00001-of-00002.safetensors".into(), st),
+            ("model-00002-of-00002.safetensors".into(), st2),
+            ("config.json".into(), cfg),
+            ("tokenizer/tokenizer.json".into(), tokenizer),
+            ("LICENSE".into(), license),
+        ],
+    );
+
+    // Two chat templates: the runner refuses the model, and so does tugboat, clearly.
+    push_artifact(
+        &reg.host(),
+        "ai/two-templates",
+        "v1",
+        None,
+        (DOCKER_V01, config),
+        &[
+            Layer::new("application/vnd.docker.ai.gguf.v3", b"GGUF".to_vec(), &[]),
+            Layer::new(
+                "application/vnd.docker.ai.chat.template.jinja",
+                b"a".to_vec(),
+                &[],
+            ),
+            Layer::new(
+                "application/vnd.docker.ai.chat.template.jinja",
+                b"b".to_vec(),
+                &[],
+            ),
+        ],
+        &[],
+    );
+    let run = pull(
+        &reg.reference("ai/two-templates:v1"),
+        &dir.path().join("two"),
+        None,
+        &[],
+    );
+    run.assert_code(2, "two chat templates");
+    assert!(run.stderr.contains("exactly one"), "{}", run.stderr);
 }
 
 #[test]

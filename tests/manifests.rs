@@ -1169,7 +1169,7 @@ fn model_volumes_name_the_driver_and_a_valid_reference() {
 fn sha256_of(path: &Path) -> String {
     use sha2::Digest as _;
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    format!("{:x}", sha2::Sha256::digest(bytes))
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 fn dockerfile_instructions(text: &str) -> Vec<(String, String)> {

@@ -55,6 +55,7 @@ fn layer(entry: &PlanEntry, fetch: bool) -> LayerDescription {
         path: entry.declared_path().map(|p| p.to_string()),
         action: match entry.action {
             Action::File { .. } => "file",
+            Action::Kitfile { .. } => "kitfile",
             Action::Unpack(_) => "unpack",
         },
         kind: entry.kind.map(|k| k.name()),

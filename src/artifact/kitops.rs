@@ -2,7 +2,7 @@
 //! (the Kitfile as JSON), layers `application/vnd.kitops.modelkit.<kind>.v1.<tar|raw>[+gzip|+zstd]`:
 //! tar entries are paths relative to the Kitfile's folder; a raw layer is one file named by its
 //! `org.cncf.model.filepath` annotation (as `kit unpack` reads it). `kit unpack` writes the
-//! Kitfile beside them; so does tugboat (JSON is YAML, so it reads as a Kitfile).
+//! Kitfile beside them, as YAML; so does tugboat (see `kitfile`).
 //! A ModelKit index (`kit index`, artifactType `application/vnd.kitops.modelkit.index.v1+json`)
 //! lists variants of one model (q4_0, q8_0...): `variants` reads them, `choose` picks one.
 
@@ -59,7 +59,7 @@ pub fn plan(manifest: &Manifest) -> Result<Vec<PlanEntry>, ArtifactError> {
     if manifest.config.media_type == CONFIG_MEDIA_TYPE {
         entries.push(PlanEntry {
             blob: manifest.config.clone(),
-            action: Action::File {
+            action: Action::Kitfile {
                 path: SafePath::new(KITFILE).expect("constant is safe"),
             },
             kind: Some(Kind::Config),

@@ -4,6 +4,7 @@
 pub mod describe;
 pub mod docker;
 pub mod image;
+pub mod kitfile;
 pub mod kitops;
 pub mod manifest;
 pub mod modelpack;
@@ -52,6 +53,9 @@ impl Format {
 pub enum Action {
     /// The blob is the file at `path` (hard-linked from the cache).
     File { path: SafePath },
+    /// The blob is a ModelKit's config, the Kitfile as JSON: written at `path` as the YAML
+    /// `kit unpack` writes (see `kitfile`).
+    Kitfile { path: SafePath },
     /// The blob is a tar archive (plain, gzip or zstd: told by its first bytes) to unpack.
     Unpack(Unpack),
 }
@@ -81,7 +85,7 @@ impl PlanEntry {
     /// The model path this entry declares (a file's path, an archive's declared folder).
     pub fn declared_path(&self) -> Option<&SafePath> {
         match &self.action {
-            Action::File { path } => Some(path),
+            Action::File { path } | Action::Kitfile { path } => Some(path),
             Action::Unpack(unpack) => unpack.within.as_ref(),
         }
     }
@@ -237,7 +241,7 @@ pub fn plan_selected(
 /// archive is dropped only when its declared folder cannot hold anything wanted.
 fn select_entry(entry: &mut PlanEntry, selection: &Selection) -> bool {
     match &mut entry.action {
-        Action::File { path } => match selection.reroot(path) {
+        Action::File { path } | Action::Kitfile { path } => match selection.reroot(path) {
             Some(Some(moved)) if selection.wants_path(&moved) => {
                 *path = moved;
                 true
@@ -326,7 +330,7 @@ fn check_names_agree(manifest: &Manifest) -> Result<(), ArtifactError> {
 fn check_paths_disjoint(entries: &[PlanEntry]) -> Result<(), ArtifactError> {
     let mut files = std::collections::BTreeSet::new();
     for entry in entries {
-        if let Action::File { path } = &entry.action {
+        if let Action::File { path } | Action::Kitfile { path } = &entry.action {
             if !files.insert(path.as_str().to_string()) {
                 return Err(ArtifactError::DuplicatePath {
                     path: path.to_string(),
@@ -338,7 +342,7 @@ fn check_paths_disjoint(entries: &[PlanEntry]) -> Result<(), ArtifactError> {
         .iter()
         .filter_map(|e| match &e.action {
             Action::Unpack(u) => u.within.as_ref().map(SafePath::as_str),
-            Action::File { .. } => None,
+            Action::File { .. } | Action::Kitfile { .. } => None,
         })
         .collect();
     for path in &files {

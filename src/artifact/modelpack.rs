@@ -4,7 +4,8 @@
 //! model is the `org.cncf.model.filepath` annotation. Raw layers are the file itself; archives
 //! hold that path (a file or a folder) relative to the model root.
 //! The same under the pre-2025 namespace (`vnd.cnai.model.*`, `org.cnai.model.filepath`:
-//! modctl 0.1.x, what registries still hold), including RamaLama's `vnd.cnai.model.layer.v1.tar`.
+//! modctl 0.1.x, what registries still hold), including RamaLama's `vnd.cnai.model.layer.v1.tar`,
+//! and Docker Model Runner's `weight.v1.gguf` / `weight.v1.safetensors` (raw files).
 
 use super::manifest::Manifest;
 use super::{annotated_path, oras, Action, ArtifactError, Kind, PlanEntry, Unpack};
@@ -51,7 +52,12 @@ pub fn parse_media_type(media_type: &str) -> Option<(Kind, &str)> {
         "dataset" => Kind::Dataset,
         _ => return None,
     };
-    matches!(packing, "raw" | "tar" | "tar+gzip" | "tar+zstd").then_some((kind, packing))
+    match packing {
+        "raw" | "tar" | "tar+gzip" | "tar+zstd" => Some((kind, packing)),
+        // Docker Model Runner's weight types of 2025 (`weight.v1.gguf`): the file itself.
+        "gguf" | "safetensors" if kind == Kind::Weights => Some((kind, "raw")),
+        _ => None,
+    }
 }
 
 pub fn plan(manifest: &Manifest) -> Result<Vec<PlanEntry>, ArtifactError> {

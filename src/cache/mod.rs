@@ -12,8 +12,12 @@ mod private;
 mod snapshot;
 mod usage;
 mod verify;
+pub mod writeback;
 
-pub use chunked::{ChunkLayout, ChunkedIngest, ChunkedWriter};
+pub use chunked::{
+    ChunkLayout, ChunkedIngest, ChunkedWriter, FileLayout, PartialReader, Purpose, VerifiedFile,
+    DOWNLOAD_STOPPED,
+};
 pub use error::CacheError;
 pub use gc::{GcPolicy, GcReport};
 pub use ingest::{BlobWriter, Ingest};
@@ -173,12 +177,24 @@ pub struct TagKey<'a> {
 
 /// Writes a small file via a temp file, fsync and rename: readers see old or new, never half.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
+    replace_file(path, bytes, true)
+}
+
+/// Replaces `path` by rename, without fsync: for records whose loss in a power cut costs only
+/// work (a resume point), never correctness.
+pub fn write_replacing(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
+    replace_file(path, bytes, false)
+}
+
+fn replace_file(path: &Path, bytes: &[u8], sync: bool) -> Result<(), CacheError> {
     let dir = path.parent().expect("path has a parent");
     let mut temp = tempfile_in(dir)?;
     temp.1
         .write_all(bytes)
         .map_err(|e| CacheError::io(&temp.0, e))?;
-    temp.1.sync_all().map_err(|e| CacheError::io(&temp.0, e))?;
+    if sync {
+        temp.1.sync_all().map_err(|e| CacheError::io(&temp.0, e))?;
+    }
     fs::rename(&temp.0, path).map_err(|e| CacheError::io(path, e))?;
     Ok(())
 }

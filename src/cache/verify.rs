@@ -14,6 +14,10 @@ use std::os::unix::fs::MetadataExt;
 pub struct VerifyReport {
     pub blobs_checked: usize,
     pub bytes_checked: u64,
+    /// Snapshot files re-hashed against the digests their snapshot records (files that are
+    /// a verified blob's hard link are not hashed twice).
+    pub files_checked: usize,
+    pub file_bytes_checked: u64,
     /// Blobs whose bytes no longer match their digest (now in `quarantine/`).
     pub corrupt_blobs: Vec<Digest>,
     /// Snapshots removed because a file in them was damaged.
@@ -62,6 +66,8 @@ impl Cache {
                 if shared_with_good_blob {
                     continue;
                 }
+                report.files_checked += 1;
+                report.file_bytes_checked += file.size;
                 damaged = Digest::of_file(&path).ok().as_ref() != Some(&file.digest);
             }
             if !damaged {

@@ -147,10 +147,13 @@ pub fn run(command: CacheCommand) -> Result<(), Failure> {
                 println!("{}", serde_json::to_string(&report).context("serialising")?);
             } else {
                 println!(
-                    "checked {} blob(s), {}: {} corrupt",
+                    "checked {} blob(s), {}, and {} unpacked file(s), {}: {} corrupt blob(s), {} damaged model(s)",
                     report.blobs_checked,
                     human_bytes(report.bytes_checked),
-                    report.corrupt_blobs.len()
+                    report.files_checked,
+                    human_bytes(report.file_bytes_checked),
+                    report.corrupt_blobs.len(),
+                    report.snapshots_dropped.len() + report.leased_damaged.len()
                 );
                 for digest in &report.corrupt_blobs {
                     println!("  corrupt (quarantined): {digest}");

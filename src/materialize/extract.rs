@@ -1,21 +1,27 @@
 //! Safe unpacking of tar layers (plain, gzip, zstd) into a snapshot being built, hashing each
-//! regular file as it is written. Archives are hostile input: absolute names, `..`, paths
+//! regular file as it is written. Asked to, it also takes the digest of the layer's own bytes
+//! as the tar reader consumes them: for a plain tar, a file's bytes feed the layer digest and
+//! the file's digest in one pass (`digest::twin`), so unpacking costs barely more hashing than
+//! storing the layer would. Archives are hostile input: absolute names, `..`, paths
 //! through symlinks, links leading out of the tree, device nodes and FIFOs are refused;
 //! setuid/setgid/sticky bits are dropped; the entry count and the expanded bytes are capped.
 //! On any refusal the caller drops the snapshot builder, which removes the partial tree.
 
 use super::limits::Limits;
 use super::MaterializeError;
-use crate::artifact::{Descriptor, Selection, Unpack};
-use crate::cache::{remove_tree, CacheError, SnapshotFile};
+use crate::artifact::{kitfile, Action, Descriptor, Selection, Unpack};
+use crate::cache::{remove_tree, writeback, CacheError, FileLayout, SnapshotFile, VerifiedFile};
+use crate::digest::twin::{update_both, Sha256State};
 use crate::digest::Digest;
 use crate::safe_path::SafePath;
 use sha2::{Digest as _, Sha256};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -50,6 +56,62 @@ struct Layer<'l> {
     expanded: u64,
     /// Tree paths this layer created (whiteouts only hide what lower layers made).
     created: HashSet<String>,
+    /// The layer digest being taken of a plain tar: regular files' bytes are fed to it
+    /// together with the file's digest.
+    tap: Option<Rc<RefCell<LayerTap>>>,
+    /// A one-file layer's file, already downloaded and verified: the regular entry becomes
+    /// this file (renamed into place) instead of being read from the archive.
+    adopt: Option<VerifiedFile>,
+}
+
+/// The sha256 and length of an archive's own bytes (its layer digest), as unpacked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerDigest {
+    pub digest: Digest,
+    pub bytes: u64,
+}
+
+/// The running layer digest of bytes the tar reader consumed. While a regular file's bytes
+/// are read (`in_content`) the reader leaves them to the extractor, which hashes them into
+/// this and the file's digest at once.
+struct LayerTap {
+    hasher: Sha256State,
+    read: u64,
+    in_content: bool,
+}
+
+/// Hashes what is read or consumed through it into the shared [`LayerTap`].
+struct TapReader<B> {
+    inner: B,
+    tap: Rc<RefCell<LayerTap>>,
+}
+
+impl<B: BufRead> Read for TapReader<B> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut tap = self.tap.borrow_mut();
+        tap.read += n as u64;
+        if !tap.in_content {
+            tap.hasher.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+impl<B: BufRead> BufRead for TapReader<B> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        if let Ok(buffered) = self.inner.fill_buf() {
+            let mut tap = self.tap.borrow_mut();
+            let amount = amount.min(buffered.len());
+            tap.read += amount as u64;
+            tap.hasher.update(&buffered[..amount]);
+        }
+        self.inner.consume(amount);
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> MaterializeError + '_ {
@@ -112,6 +174,58 @@ impl Tree {
         Ok(())
     }
 
+    /// Lays one plan entry from its verified blob at `blob`: a file linked, a Kitfile written
+    /// as YAML, an archive unpacked.
+    pub fn place_entry(
+        &mut self,
+        action: &Action,
+        blob: &Path,
+        descriptor: &Descriptor,
+        selection: &Selection,
+    ) -> Result<(), MaterializeError> {
+        match action {
+            Action::File { path } => self.place_blob(path, blob, descriptor),
+            Action::Kitfile { path } => self.place_kitfile(path, blob, descriptor),
+            Action::Unpack(unpack) => self.unpack(blob, descriptor, unpack, selection),
+        }
+    }
+
+    /// Writes a ModelKit's config (the Kitfile as JSON) as the YAML `kit unpack` writes; a
+    /// config kit could not read either is written as it is (JSON is YAML too).
+    fn place_kitfile(
+        &mut self,
+        path: &SafePath,
+        blob: &Path,
+        descriptor: &Descriptor,
+    ) -> Result<(), MaterializeError> {
+        let json = fs::read(blob).map_err(io_err(blob))?;
+        let yaml = kitfile::kitfile_yaml(&json).unwrap_or_else(|reason| {
+            tracing::warn!(config = %descriptor.digest, %reason, "the ModelKit config is not a Kitfile kit can read; writing it as it is");
+            json
+        });
+        let digest = descriptor.digest.to_string();
+        self.ensure_parent(path, &digest, false, None)?;
+        self.clear_target(path, &digest, false, false)?;
+        let at = path.under(&self.root);
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&at)
+            .and_then(|mut file| file.write_all(&yaml))
+            .map_err(io_err(&at))?;
+        self.files.insert(
+            path.clone(),
+            SnapshotFile {
+                path: path.clone(),
+                size: yaml.len() as u64,
+                digest: Digest::of_bytes(&yaml),
+            },
+        );
+        Ok(())
+    }
+
     /// Unpacks the archive blob at `blob` (already verified against `descriptor`).
     pub fn unpack(
         &mut self,
@@ -133,6 +247,31 @@ impl Tree {
         unpack: &Unpack,
         selection: &Selection,
     ) -> Result<(), MaterializeError> {
+        self.unpack_source(source, descriptor, unpack, selection, false)
+            .map(|_| ())
+    }
+
+    /// [`Tree::unpack_from`] that also takes the digest of every byte of `source` (read to
+    /// its end), for the caller to check against the layer's. `None` for a compressed
+    /// archive, whose bytes the caller must hash itself.
+    pub fn unpack_hashing(
+        &mut self,
+        source: impl Read + 'static,
+        descriptor: &Descriptor,
+        unpack: &Unpack,
+        selection: &Selection,
+    ) -> Result<Option<LayerDigest>, MaterializeError> {
+        self.unpack_source(source, descriptor, unpack, selection, true)
+    }
+
+    fn unpack_source(
+        &mut self,
+        source: impl Read + 'static,
+        descriptor: &Descriptor,
+        unpack: &Unpack,
+        selection: &Selection,
+        hash_layer: bool,
+    ) -> Result<Option<LayerDigest>, MaterializeError> {
         let digest = descriptor.digest.to_string();
         let archive_error = |detail: String| MaterializeError::Archive {
             digest: digest.clone(),
@@ -143,13 +282,27 @@ impl Tree {
             .fill_buf()
             .map_err(|e| self.read_error_for(&digest, e, "reading the archive"))?
             .to_vec();
-        let decoded: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
+        let gzip = magic.starts_with(&[0x1f, 0x8b]);
+        let zstd = magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+        let tap = (hash_layer && !gzip && !zstd).then(|| {
+            Rc::new(RefCell::new(LayerTap {
+                hasher: Sha256State::new(),
+                read: 0,
+                in_content: false,
+            }))
+        });
+        let decoded: Box<dyn Read> = if gzip {
             Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
-        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        } else if zstd {
             Box::new(
                 zstd::stream::read::Decoder::with_buffer(buffered)
                     .map_err(|e| archive_error(format!("zstd: {e}")))?,
             )
+        } else if let Some(tap) = &tap {
+            Box::new(TapReader {
+                inner: buffered,
+                tap: Rc::clone(tap),
+            })
         } else {
             Box::new(buffered)
         };
@@ -176,6 +329,8 @@ impl Tree {
             budget,
             expanded: 0,
             created: HashSet::new(),
+            tap: tap.clone(),
+            adopt: None,
         };
         let entries = archive
             .entries()
@@ -189,15 +344,63 @@ impl Tree {
         io::copy(&mut reader, &mut io::sink())
             .map_err(|e| self.read_error(&layer, e, "reading the archive's end"))?;
         if let Some(expected) = &unpack.tar_digest {
-            let actual =
-                Digest::from_hasher(reader.hasher.expect("hashed when a digest is expected"));
+            let hasher = reader.hasher.take();
+            let actual = Digest::from_hasher(hasher.expect("hashed when a digest is expected"));
             if &actual != expected {
                 return Err(archive_error(format!(
                     "the unpacked tar has digest {actual}, but the layer's annotation promises {expected}"
                 )));
             }
         }
-        Ok(())
+        Ok(tap.map(|tap| {
+            let tap = tap.borrow();
+            LayerDigest {
+                digest: tap.hasher.clone().finish(),
+                bytes: tap.read,
+            }
+        }))
+    }
+
+    /// Places a one-file tar layer whose file was downloaded on its own (see
+    /// [`one_file_layout`]): `head`'s entries (folders, then the file's header) go through the
+    /// same checks as any archive's, and the file entry becomes `file`, renamed into place.
+    /// Returns false when the selection leaves the file out (the caller deletes it).
+    pub fn adopt_file(
+        &mut self,
+        head: &[u8],
+        descriptor: &Descriptor,
+        unpack: &Unpack,
+        selection: &Selection,
+        file: VerifiedFile,
+    ) -> Result<bool, MaterializeError> {
+        let mut layer = Layer {
+            digest: descriptor.digest.to_string(),
+            unpack,
+            selection,
+            budget: self.limits.layer_budget(descriptor.size),
+            expanded: 0,
+            created: HashSet::new(),
+            tap: None,
+            adopt: Some(file),
+        };
+        let mut archive = tar::Archive::new(io::Cursor::new(head));
+        let entries = archive
+            .entries()
+            .map_err(|e| self.read_error(&layer, e, "reading the archive"))?;
+        for entry in entries {
+            let mut entry =
+                entry.map_err(|e| self.read_error(&layer, e, "reading an entry header"))?;
+            let regular = matches!(
+                entry.header().entry_type(),
+                tar::EntryType::Regular | tar::EntryType::Continuous
+            );
+            self.entry(&mut entry, &mut layer)?;
+            if regular {
+                // The file's bytes are not in the head: the file entry is the last one read.
+                break;
+            }
+        }
+        Ok(layer.adopt.is_none())
     }
 
     fn read_error(&self, layer: &Layer<'_>, e: io::Error, what: &str) -> MaterializeError {
@@ -300,7 +503,9 @@ impl Tree {
                 layer.created.insert(target.to_string());
                 Ok(())
             }
-            T::Regular | T::Continuous | T::GNUSparse => self.regular(entry, &target, layer, &raw),
+            T::Regular | T::Continuous => self.regular(entry, &target, layer, &raw, true),
+            // A sparse entry's bytes are not the archive's: its holes read as zeros.
+            T::GNUSparse => self.regular(entry, &target, layer, &raw, false),
             T::Symlink => self.symlink(entry, &path, &target, layer, &raw),
             T::Link => self.hardlink(entry, &target, layer, &raw),
             T::Char | T::Block | T::Fifo => Err(Self::refuse(
@@ -379,12 +584,15 @@ impl Tree {
         Ok(())
     }
 
+    /// Writes a file entry; `contiguous`: its bytes are the archive's own, in order (so they
+    /// can feed the layer digest too).
     fn regular<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
         target: &SafePath,
         layer: &mut Layer<'_>,
         raw: &str,
+        contiguous: bool,
     ) -> Result<(), MaterializeError> {
         let declared = entry.size();
         self.charge(layer, declared, raw)?;
@@ -397,6 +605,9 @@ impl Tree {
         )?;
         self.clear_target(target, &layer.digest, false, layer.unpack.overlay)?;
         let path = target.under(&self.root);
+        if let Some(adopted) = layer.adopt.take() {
+            return self.adopt(entry, adopted, target, layer, raw);
+        }
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -404,13 +615,22 @@ impl Tree {
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io_err(&path))?;
-        let mut hasher = Sha256::new();
+        let mut hasher = Sha256State::new();
+        let tap = layer.tap.clone().filter(|_| contiguous);
         let mut buffer = vec![0u8; 256 << 10];
         let mut written = 0u64;
+        let mut writeback_from = 0u64;
         loop {
-            let n = entry
-                .read(&mut buffer)
-                .map_err(|e| self.read_error(layer, e, &format!("reading {raw:?}")))?;
+            let read = match &tap {
+                Some(tap) => {
+                    tap.borrow_mut().in_content = true;
+                    let read = entry.read(&mut buffer);
+                    tap.borrow_mut().in_content = false;
+                    read
+                }
+                None => entry.read(&mut buffer),
+            };
+            let n = read.map_err(|e| self.read_error(layer, e, &format!("reading {raw:?}")))?;
             if n == 0 {
                 break;
             }
@@ -418,8 +638,15 @@ impl Tree {
             if written > declared {
                 self.charge(layer, n as u64, raw)?;
             }
-            hasher.update(&buffer[..n]);
+            match &tap {
+                Some(tap) => update_both(&mut tap.borrow_mut().hasher, &mut hasher, &buffer[..n]),
+                None => hasher.update(&buffer[..n]),
+            }
             file.write_all(&buffer[..n]).map_err(io_err(&path))?;
+            if written - writeback_from >= writeback::STEP {
+                writeback::start(&file, writeback_from, written - writeback_from);
+                writeback_from = written;
+            }
         }
         let mode = entry.header().mode().unwrap_or(0o644);
         let mode = if mode & 0o111 != 0 { 0o555 } else { 0o444 };
@@ -430,7 +657,48 @@ impl Tree {
             SnapshotFile {
                 path: target.clone(),
                 size: written,
-                digest: Digest::from_hasher(hasher),
+                digest: hasher.finish(),
+            },
+        );
+        layer.created.insert(target.to_string());
+        Ok(())
+    }
+
+    /// The file entry of a one-file layer: its verified file, renamed into place (never over
+    /// anything), with the entry's mode.
+    fn adopt<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        adopted: VerifiedFile,
+        target: &SafePath,
+        layer: &mut Layer<'_>,
+        raw: &str,
+    ) -> Result<(), MaterializeError> {
+        if adopted.size != entry.size() {
+            return Err(Self::refuse(
+                layer,
+                raw,
+                "the downloaded file does not have the size its header declares",
+            ));
+        }
+        let path = target.under(&self.root);
+        nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            &adopted.path,
+            nix::fcntl::AT_FDCWD,
+            &path,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        )
+        .map_err(|errno| io_err(&path)(io::Error::from(errno)))?;
+        let mode = entry.header().mode().unwrap_or(0o644);
+        let mode = if mode & 0o111 != 0 { 0o555 } else { 0o444 };
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io_err(&path))?;
+        self.files.insert(
+            target.clone(),
+            SnapshotFile {
+                path: target.clone(),
+                size: adopted.size,
+                digest: adopted.digest,
             },
         );
         layer.created.insert(target.to_string());
@@ -842,6 +1110,38 @@ impl Read for CappedHashingReader {
         }
         Ok(n)
     }
+}
+
+/// Largest tar head (headers before a layer's one file) looked for.
+pub const ONE_FILE_HEAD_PROBE: u64 = 64 << 10;
+
+/// Whether a plain tar layer of `size` bytes that starts with `probe` holds just one regular
+/// file (after any folders), as modctl and `kit pack` write a model file: then the file's
+/// bytes are one contiguous range of the layer, followed by padding and end blocks only
+/// (checked once they arrive). Returns the head (every byte before the file) and the file's
+/// length.
+pub fn one_file_layout(probe: &[u8], size: u64) -> Option<FileLayout> {
+    let mut archive = tar::Archive::new(io::Cursor::new(probe));
+    for entry in archive.entries().ok()? {
+        let entry = entry.ok()?;
+        match entry.header().entry_type() {
+            tar::EntryType::Directory | tar::EntryType::XGlobalHeader => continue,
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let start = entry.raw_file_position();
+                let length = entry.size();
+                let padding = length.next_multiple_of(512) - length;
+                // Two end blocks at least, and no more than a record's worth of padding.
+                let tail = size.checked_sub(start.checked_add(length)?)?;
+                let fits = tail >= padding + 1024 && tail <= padding + 20 * 512 + 1024;
+                return fits.then(|| FileLayout {
+                    head: probe[..start as usize].to_vec(),
+                    length,
+                });
+            }
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// fsyncs every regular file and folder below (and including) `dir`; symlinks are skipped.

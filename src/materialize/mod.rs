@@ -10,8 +10,8 @@ pub mod limits;
 pub mod stamp;
 pub mod stream;
 
-use crate::artifact::{Action, Plan};
-use crate::cache::{remove_tree, Cache, CacheError, SnapshotFile};
+use crate::artifact::Plan;
+use crate::cache::{remove_tree, CacheError, SnapshotFile};
 use crate::safe_path::SafePath;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -48,43 +48,6 @@ pub enum MaterializeError {
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MaterializeError + '_ {
     move |e| MaterializeError::Cache(CacheError::io(path, e))
-}
-
-/// Lays the plan's files out under `dir` (a snapshot being built) from the cache's blobs,
-/// with the default unpacking limits.
-pub fn build_tree(
-    plan: &Plan,
-    cache: &Cache,
-    dir: &Path,
-) -> Result<Vec<SnapshotFile>, MaterializeError> {
-    build_tree_with(plan, cache, dir, Limits::default())
-}
-
-/// Lays the plan out under `dir`: raw layers hard-linked, archives unpacked in manifest order
-/// (hashing each file), then the filesystem synced. Returns every regular file, sorted.
-pub fn build_tree_with(
-    plan: &Plan,
-    cache: &Cache,
-    dir: &Path,
-    limits: Limits,
-) -> Result<Vec<SnapshotFile>, MaterializeError> {
-    let mut tree = extract::Tree::new(dir, limits);
-    for entry in &plan.entries {
-        let blob = cache.blob_path(&entry.blob.digest);
-        match &entry.action {
-            Action::File { path } => tree.place_blob(path, &blob, &entry.blob)?,
-            Action::Unpack(unpack) => tree.unpack(&blob, &entry.blob, unpack, &plan.selection)?,
-        }
-    }
-    if plan
-        .entries
-        .iter()
-        .any(|e| matches!(e.action, Action::Unpack(_)))
-    {
-        let root = fs::File::open(dir).map_err(io(dir))?;
-        nix::unistd::syncfs(&root).map_err(|e| io(dir)(e.into()))?;
-    }
-    Ok(tree.into_files())
 }
 
 /// Places a snapshot's files into `dest` and writes the stamp last. Files are staged inside

@@ -71,7 +71,8 @@ pub(super) enum Outcome {
     RangeIgnored,
 }
 
-/// Fetches every missing chunk of `writer`'s blob.
+/// Fetches every missing chunk of `writer`'s blob. `fetched` grows as the bytes arrive (a
+/// caller that drops the download early still counts what came).
 pub(super) async fn download(
     reference: &Reference,
     registry: &RegistryClient,
@@ -108,6 +109,7 @@ pub(super) async fn download(
             _ = ticker.tick() => {
                 let total = received.load(Ordering::Relaxed);
                 bar.advance(total - reported);
+                *fetched += total - reported;
                 reported = total;
                 ramp.step(total, writer);
             }
@@ -116,7 +118,7 @@ pub(super) async fn download(
     drop(running);
     let total = received.load(Ordering::Relaxed);
     bar.advance(total - reported);
-    *fetched += total;
+    *fetched += total - reported;
     outcome
 }
 
@@ -178,7 +180,7 @@ async fn fetch_chunk(
     received: &AtomicU64,
 ) -> Result<bool, PullError> {
     let (start, end) = writer.layout().range(index);
-    let mut at = start;
+    let mut at = writer.resume_offset(index);
     // One budget for the chunk: every resume draws from it; progress restarts its clock.
     let mut backoff = registry.retry_policy().backoff();
     loop {

@@ -1,5 +1,9 @@
 //! Content digests: the `sha256:<hex>` identity every blob, manifest and snapshot is named by.
 
+#[cfg(target_arch = "x86_64")]
+mod shani;
+pub mod twin;
+
 use sha2::{Digest as _, Sha256};
 use std::fmt;
 use std::str::FromStr;
@@ -25,6 +29,13 @@ impl Digest {
     pub fn from_hasher(hasher: Sha256) -> Self {
         Digest {
             hex: hex::encode(hasher.finalize()),
+        }
+    }
+
+    /// The digest whose 32 bytes are `bytes`.
+    pub fn from_sha256_bytes(bytes: &[u8; 32]) -> Self {
+        Digest {
+            hex: hex::encode(bytes),
         }
     }
 
