@@ -78,29 +78,33 @@ pub(super) async fn stream_layer(
     let Some(tuning) = chunked else {
         return stream_layer_whole(layers, tree, layer).await;
     };
-    match one_file_layout(layers, &layer).await? {
+    let (file, probed) = one_file_layout(layers, &layer).await?;
+    let (outcome, fetched) = match file {
         Some(file) => {
             tracing::debug!(digest = %layer.blob.digest, head = file.head.len(), "a one-file tar layer: fetched in chunks as its file");
-            stream_layer_file(layers, tree, layer, tuning, file).await
+            stream_layer_file(layers, tree, layer, tuning, file).await?
         }
         None => {
             tracing::debug!(digest = %layer.blob.digest, "an archive: fetched in chunks and unpacked as they land");
-            stream_layer_chunked(layers, tree, layer, tuning).await
+            stream_layer_chunked(layers, tree, layer, tuning).await?
         }
-    }
+    };
+    Ok((outcome, fetched + probed))
 }
 
 /// How a plain tar layer lays out its one file (see `extract::one_file_layout`), from the
 /// head an interrupted pull left or the layer's first bytes; `None` for any other archive.
+/// Also returns the bytes fetched to find out.
 async fn one_file_layout(
     layers: &LayerJobs<'_>,
     layer: &StreamedLayer<'_>,
-) -> Result<Option<FileLayout>, PullError> {
+) -> Result<(Option<FileLayout>, u64), PullError> {
     let blob = layer.blob;
     let unpack = &layer.unpack;
     if !is_plain_tar(&blob.media_type) || unpack.overlay || unpack.tar_digest.is_some() {
-        return Ok(None);
+        return Ok((None, 0));
     }
+    let mut fetched = 0u64;
     let probe = match layers.cache.partial_head(&blob.digest) {
         Some(head) => head,
         None => {
@@ -112,7 +116,11 @@ async fn one_file_layout(
             let mut probe = Vec::new();
             while probe.len() < end as usize {
                 match body.stream.next().await {
-                    Some(piece) => probe.extend_from_slice(&piece?),
+                    Some(piece) => {
+                        let piece = piece?;
+                        fetched += piece.len() as u64;
+                        probe.extend_from_slice(&piece);
+                    }
                     None => break,
                 }
             }
@@ -120,7 +128,7 @@ async fn one_file_layout(
             probe
         }
     };
-    Ok(extract::one_file_layout(&probe, blob.size))
+    Ok((extract::one_file_layout(&probe, blob.size), fetched))
 }
 
 /// A one-file tar layer in parallel ranged chunks, written as its file from the start: once

@@ -23,11 +23,19 @@ pub(super) struct FrontierState {
     pub done: Vec<bool>,
     /// Bytes written in order from each chunk's start (a chunk's stream writes sequentially).
     pub filled: Vec<u64>,
+    /// The first chunk not complete (every one before it is).
+    first_open: usize,
     /// Bytes from 0 that are on disk (in the page cache at least): what readers may read.
     reached: u64,
+    /// How far `reached` was when the readers were last woken.
+    announced: u64,
     /// The writer stopped: readers get no further than `reached`.
     stopped: bool,
 }
+
+/// Readers are woken when the prefix has grown by this much (or is complete), not on every
+/// write: fewer wake-ups, and each read a long one.
+const WAKE_STEP: u64 = 1 << 20;
 
 impl Frontier {
     pub fn new(done: Vec<bool>, filled: Vec<u64>) -> Self {
@@ -35,7 +43,9 @@ impl Frontier {
             state: Mutex::new(FrontierState {
                 done,
                 filled,
+                first_open: 0,
                 reached: 0,
+                announced: 0,
                 stopped: false,
             }),
             moved: Condvar::new(),
@@ -50,18 +60,18 @@ impl Frontier {
     /// the readers.
     pub fn advance(&self, layout: ChunkLayout) {
         let mut state = self.lock();
-        let first_open = state
-            .done
-            .iter()
-            .position(|d| !d)
-            .unwrap_or(state.done.len());
+        while state.first_open < state.done.len() && state.done[state.first_open] {
+            state.first_open += 1;
+        }
+        let first_open = state.first_open;
         let reached = if first_open == state.done.len() {
             layout.size
         } else {
             layout.range(first_open).0 + state.filled[first_open]
         };
-        if reached > state.reached {
-            state.reached = reached;
+        state.reached = state.reached.max(reached);
+        if state.reached >= state.announced + WAKE_STEP || state.reached == layout.size {
+            state.announced = state.reached;
             self.moved.notify_all();
         }
     }
@@ -75,7 +85,8 @@ impl Frontier {
     /// writer has stopped (then nothing more will come).
     fn wait_past(&self, at: u64, size: u64) -> (u64, bool) {
         let mut state = self.lock();
-        while state.reached <= at && at < size && !state.stopped {
+        // A reader only waits for what has not been announced: at most one wake step.
+        while state.announced <= at && at < size && !state.stopped {
             state = self.moved.wait(state).expect("chunk state");
         }
         (state.reached, state.stopped)
