@@ -680,6 +680,18 @@ fn modelpack_client_round_trip_every_packing() {
         reg.blob_gets_since(mark).is_empty(),
         "no blob fetched again"
     );
+    // The same artifact fetched in 64 KiB ranged chunks, as large layers are: the one-file
+    // tar written as its file, the other archives unpacked from their partials.
+    let (chunked, chunked_cache) = (work.path().join("chunked"), work.path().join("c2"));
+    pull(
+        &reg.reference("mpc/rt:v1"),
+        &chunked,
+        Some(&chunked_cache),
+        &["--chunk-size", "64KiB", "--streams-per-blob", "4"],
+    )
+    .assert_ok("modelpack-client pull in chunks");
+    assert_tree(&chunked, &files);
+    assert!(cache_leftovers(&chunked_cache).1.is_empty());
 }
 
 fn run_cmd(args: &[&str], cache: &Path) -> Run {

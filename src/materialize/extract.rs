@@ -1167,6 +1167,77 @@ fn sync_tree(dir: &Path) -> Result<(), MaterializeError> {
 mod tests {
     use super::*;
 
+    /// A tar of `entries` (name, content; `None` content: a folder), GNU long names and all.
+    fn tar_of(entries: &[(&str, Option<&[u8]>)], pax: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        if !pax.is_empty() {
+            builder.append_pax_extensions(pax.iter().copied()).unwrap();
+        }
+        for (name, content) in entries {
+            let mut header = tar::Header::new_gnu();
+            match content {
+                Some(bytes) => {
+                    header.set_entry_type(tar::EntryType::Regular);
+                    header.set_size(bytes.len() as u64);
+                    builder.append_data(&mut header, name, *bytes).unwrap();
+                }
+                None => {
+                    header.set_entry_type(tar::EntryType::Directory);
+                    header.set_size(0);
+                    builder.append_data(&mut header, name, io::empty()).unwrap();
+                }
+            }
+        }
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_one_file_layer_is_found_past_folders_long_names_and_pax_headers() {
+        let content = vec![7u8; 5000];
+        let long = format!("shard/{}.safetensors", "x".repeat(120));
+        for (layer, pax) in [
+            (
+                vec![("shard", None), (long.as_str(), Some(&content[..]))],
+                vec![],
+            ),
+            (
+                vec![("model.bin", Some(&content[..]))],
+                vec![("comment", &b"packed by a test"[..])],
+            ),
+        ] {
+            let bytes = tar_of(&layer, &pax);
+            let found = one_file_layout(&bytes[..bytes.len().min(4096)], bytes.len() as u64)
+                .expect("one file");
+            assert_eq!(found.length, 5000);
+            let start = found.head.len();
+            assert_eq!(&bytes[start..start + 5000], &content[..]);
+            assert_eq!(found.head, bytes[..start]);
+        }
+    }
+
+    #[test]
+    fn other_layers_are_not_taken_for_one_file() {
+        let content = vec![1u8; 3000];
+        // Two files whose second cannot hide in the padding, a link first, a short layer.
+        let two = tar_of(
+            &[
+                ("a", Some(&content[..])),
+                ("b", Some(&vec![2u8; 20_000][..])),
+            ],
+            &[],
+        );
+        assert!(one_file_layout(&two, two.len() as u64).is_none());
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        builder.append_link(&mut header, "link", "a").unwrap();
+        let link = builder.into_inner().unwrap();
+        assert!(one_file_layout(&link, link.len() as u64).is_none());
+        let one = tar_of(&[("a", Some(&content[..]))], &[]);
+        assert!(one_file_layout(&one, one.len() as u64 - 1024).is_none());
+    }
+
     #[test]
     fn relative_links() {
         let p = |s: &str| SafePath::new(s).unwrap();
