@@ -11,6 +11,8 @@
 #   RTT_MS=40 CONN_MBPS=25 TOTAL_MBPS=400 RUNS=3 bash bench/shaped.sh
 #   PACKING=tar TOOLS=tugboat MODELS=4x512 bash bench/shaped.sh   # one-file tar layers (modctl's
 #                                               layout, pushed with modelpack-client), tugboat only
+# Tools: tugboat (into --dest, as the init container), tugboat-cache (into the cache only, as the
+# CSI node plugin and the warmer), tugboat-1-stream (--streams-per-blob 1), skopeo, oras-py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -22,7 +24,7 @@ RUNS=${RUNS:-1}
 MODELS=${MODELS:-"1x2048 4x512"}  # LAYERSxMiB per model
 NET=${NET:-10.213.77}             # the /30: .1 clients, .2 registry
 PACKING=${PACKING:-raw}           # raw: one file per layer (tugboat push); tar: one-file tar layers
-TOOLS=${TOOLS:-"tugboat tugboat-1-stream skopeo oras-py"}
+TOOLS=${TOOLS:-"tugboat tugboat-cache tugboat-1-stream skopeo oras-py"}
 wants() { case " $TOOLS " in *" $1 "*) return 0 ;; esac; return 1; }
 
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)" >&2; exit 1; }
@@ -137,6 +139,11 @@ for spec in $MODELS; do
     measure "$model" tugboat 'rm -rf "$WORK/tc" "$WORK/td"' \
       "$TUGBOAT" pull "$REF" --plain-http --cache "$WORK/tc" --dest "$WORK/td"
     check_digests "$WORK/td"
+  fi
+  if wants tugboat-cache; then
+    # Into the cache only, as the CSI node plugin and the cache warmer pull: no --dest copy.
+    measure "$model" tugboat-cache 'rm -rf "$WORK/tc"' \
+      "$TUGBOAT" pull "$REF" --plain-http --cache "$WORK/tc"
   fi
   if wants tugboat-1-stream; then
     measure "$model" tugboat-1-stream 'rm -rf "$WORK/tc" "$WORK/td"' \

@@ -419,6 +419,19 @@ struct Source<'a> {
 }
 
 impl Source<'_> {
+    /// The registry to fill a chunked partial from; offline, the partial is put away by
+    /// `suspend` (the writer's) before `NotCached` is returned.
+    async fn online_or_suspend(
+        &self,
+        suspend: impl std::future::Future<Output = ()>,
+    ) -> Result<&RegistryClient, PullError> {
+        let online = self.online();
+        if online.is_err() {
+            suspend.await;
+        }
+        online
+    }
+
     fn online(&self) -> Result<&RegistryClient, PullError> {
         if self.offline {
             Err(PullError::NotCached {
@@ -783,13 +796,7 @@ async fn fetch_chunked(
         ChunkedIngest::Present => return Ok(Attempt::Present),
         ChunkedIngest::Needed(writer) => writer,
     };
-    let registry = match source.online() {
-        Ok(registry) => registry,
-        Err(e) => {
-            writer.suspend().await;
-            return Err(e);
-        }
-    };
+    let registry = source.online_or_suspend(writer.suspend()).await?;
     let resumed = writer.resumed_bytes() > 0;
     let mut bar = progress.blob(label, blob.size, writer.resumed_bytes());
     let outcome = chunks::download(

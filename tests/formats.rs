@@ -221,6 +221,66 @@ fn inspect_reads_only_manifest_and_config() {
     );
 }
 
+/// `kit pack` in ModelPack format keeps the Kitfile (JSON) in the manifest annotation
+/// `ml.kitops.modelkit.kitfile`; `kit unpack` writes it as YAML beside the model, and so does a
+/// pull, unless the selection leaves the config out.
+#[test]
+fn a_modelpack_from_kit_pack_gets_its_kitfile() {
+    let reg = Registry::start();
+    let gguf = random_bytes(300_000, 5);
+    let kitfile = serde_json::json!({
+        "manifestVersion": "1.0.0",
+        "package": {"name": "tinyllama", "version": "1.0.0"},
+        "model": {"name": "tinyllama", "path": "models/tiny.gguf", "framework": "gguf"}
+    })
+    .to_string();
+    let config = br#"{"descriptor":{"name":"tinyllama"},"config":{},"modelfs":{"type":"layers","diffIds":[]}}"#;
+    push_artifact(
+        &reg.host(),
+        "kit/modelpack",
+        "v1",
+        Some("application/vnd.cncf.model.manifest.v1+json"),
+        ("application/vnd.cncf.model.config.v1+json", config),
+        &[Layer::new(
+            "application/vnd.cncf.model.weight.v1.raw",
+            gguf.clone(),
+            &[("org.cncf.model.filepath", "models/tiny.gguf")],
+        )],
+        &[("ml.kitops.modelkit.kitfile", &kitfile)],
+    );
+    let dir = tmp();
+    let dest = dir.path().join("dest");
+    let run = pull(&reg.reference("kit/modelpack:v1"), &dest, None, &["--json"]);
+    run.assert_ok("a ModelPack kit pushed");
+    assert_eq!(run.json()["format"], "modelpack");
+    let yaml = "\
+manifestVersion: 1.0.0
+package:
+  name: tinyllama
+  version: 1.0.0
+model:
+  name: tinyllama
+  path: models/tiny.gguf
+  framework: gguf
+";
+    assert_tree(
+        &dest,
+        &[
+            ("models/tiny.gguf".into(), gguf.clone()),
+            ("Kitfile".into(), yaml.as_bytes().to_vec()),
+        ],
+    );
+    let only = dir.path().join("only");
+    pull(
+        &reg.reference("kit/modelpack:v1"),
+        &only,
+        None,
+        &["--only", "weights"],
+    )
+    .assert_ok("--only weights");
+    assert_tree(&only, &[("models/tiny.gguf".into(), gguf)]);
+}
+
 /// What `kit unpack` writes for the config `kitops_modelkit_round_trip` pushes.
 const KIT_UNPACK_KITFILE: &str = "\
 manifestVersion: 1.0.0

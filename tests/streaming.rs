@@ -172,6 +172,19 @@ fn push_modelpack_layers(reg: &Registry, repo: &str, layers: &[Layer]) -> String
     )
 }
 
+/// Pulls `REPO:v1` into a fresh `dest` and `cache` (the returned folder's), with `extra`.
+fn pull_fresh(reg: &Registry, repo: &str, extra: &[&str]) -> (Run, tempfile::TempDir) {
+    let work = tmp();
+    let (dest, cache) = (work.path().join("dest"), work.path().join("cache"));
+    let run = pull(
+        &reg.reference(&format!("{repo}:v1")),
+        &dest,
+        Some(&cache),
+        extra,
+    );
+    (run, work)
+}
+
 /// Nothing of a refused or failed pull stays: no destination files, no snapshot, nothing in
 /// `ingest/` or `blobs/` but locks.
 fn assert_nothing_left(dest: &Path, cache: &Path) {
@@ -236,14 +249,8 @@ fn archives_fetched_in_chunks_unpack_file_for_file_and_verify_from_the_snapshot(
         ("gz/z.bin", &big),
     ];
     push_modelpack_layers(&reg, "chunked/tars", &layers);
-    let work = tmp();
+    let (run, work) = pull_fresh(&reg, "chunked/tars", &[CHUNKED, &["--json"]].concat());
     let (dest, cache) = (work.path().join("dest"), work.path().join("cache"));
-    let run = pull(
-        &reg.reference("chunked/tars:v1"),
-        &dest,
-        Some(&cache),
-        &[CHUNKED, &["--json"]].concat(),
-    );
     run.assert_ok("tar layers in 64 KiB chunks");
     for (path, bytes) in &expected {
         assert_eq!(fs::read(dest.join(path)).unwrap(), *bytes, "{path}");
@@ -339,14 +346,8 @@ fn hostile_and_damaged_archives_fetched_in_chunks_leave_nothing() {
     ];
     for (repo, layer, needle) in cases {
         push_modelpack_layers(&reg, repo, &[layer]);
-        let work = tmp();
+        let (run, work) = pull_fresh(&reg, repo, CHUNKED);
         let (dest, cache) = (work.path().join("dest"), work.path().join("cache"));
-        let run = pull(
-            &reg.reference(&format!("{repo}:v1")),
-            &dest,
-            Some(&cache),
-            CHUNKED,
-        );
         run.assert_code(2, repo);
         assert!(run.stderr.contains(needle), "{repo}: {}", run.stderr);
         assert_nothing_left(&dest, &cache);
@@ -367,14 +368,8 @@ fn hostile_and_damaged_archives_fetched_in_chunks_leave_nothing() {
         let mut bytes = fs::read(&data).unwrap();
         bytes[2 * 512 + MIB / 2] ^= 0xff;
         fs::write(&data, bytes).unwrap();
-        let work = tmp();
+        let (run, work) = pull_fresh(&reg, repo, CHUNKED);
         let (dest, cache) = (work.path().join("dest"), work.path().join("cache"));
-        let run = pull(
-            &reg.reference(&format!("{repo}:v1")),
-            &dest,
-            Some(&cache),
-            CHUNKED,
-        );
         run.assert_code(5, repo);
         assert!(
             run.stderr.contains(digest.trim_start_matches("sha256:")),

@@ -91,11 +91,22 @@ impl PlanEntry {
     }
 }
 
+/// A Kitfile the manifest itself carries, with no blob of its own: `kit pack` in ModelPack
+/// format puts it, as JSON, in the manifest's `ml.kitops.modelkit.kitfile` annotation, and
+/// `kit unpack` writes it beside the model as YAML.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestKitfile {
+    pub path: SafePath,
+    pub json: String,
+}
+
 /// The complete recipe for one model tree.
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub format: Format,
     pub entries: Vec<PlanEntry>,
+    /// Written after the entries, unless one of them placed a file at its path.
+    pub kitfile: Option<ManifestKitfile>,
     pub annotations: BTreeMap<String, String>,
     /// Filters applied to archive entries while unpacking (file entries are already filtered).
     pub selection: Selection,
@@ -228,9 +239,21 @@ pub fn plan_selected(
             layers,
         });
     }
+    let kitfile = match format {
+        Format::Modelpack => modelpack::manifest_kitfile(manifest),
+        _ => None,
+    }
+    .filter(|_| selection.wants_kind(Some(Kind::Config)))
+    .and_then(|kitfile| match selection.reroot(&kitfile.path) {
+        Some(Some(path)) if selection.wants_path(&path) => {
+            Some(ManifestKitfile { path, ..kitfile })
+        }
+        _ => None,
+    });
     Ok(Plan {
         format,
         entries,
+        kitfile,
         annotations: manifest.annotations.clone(),
         selection: selection.clone(),
         skipped,

@@ -6,9 +6,13 @@
 //! The same under the pre-2025 namespace (`vnd.cnai.model.*`, `org.cnai.model.filepath`:
 //! modctl 0.1.x, what registries still hold), including RamaLama's `vnd.cnai.model.layer.v1.tar`,
 //! and Docker Model Runner's `weight.v1.gguf` / `weight.v1.safetensors` (raw files).
+//! A ModelPack `kit pack` built carries its Kitfile in a manifest annotation; it is written as
+//! `Kitfile`, as `kit unpack` does.
 
 use super::manifest::Manifest;
-use super::{annotated_path, oras, Action, ArtifactError, Kind, PlanEntry, Unpack};
+use super::{annotated_path, kitops, oras, Action, ArtifactError, Kind, ManifestKitfile};
+use super::{PlanEntry, Unpack};
+use crate::safe_path::SafePath;
 
 pub const ARTIFACT_TYPE: &str = "application/vnd.cncf.model.manifest.v1+json";
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.cncf.model.config.v1+json";
@@ -20,6 +24,18 @@ pub const CNAI_ARTIFACT_TYPE: &str = "application/vnd.cnai.model.manifest.v1+jso
 pub const CNAI_CONFIG_MEDIA_TYPE: &str = "application/vnd.cnai.model.config.v1+json";
 pub const CNAI_LAYER_PREFIX: &str = "application/vnd.cnai.model.";
 pub const CNAI_FILEPATH: &str = "org.cnai.model.filepath";
+
+/// The manifest annotation in which `kit pack` (ModelPack format) stores the Kitfile as JSON.
+pub const KITFILE_ANNOTATION: &str = "ml.kitops.modelkit.kitfile";
+
+/// The Kitfile a ModelPack manifest carries, if `kit pack` built it.
+pub fn manifest_kitfile(manifest: &Manifest) -> Option<ManifestKitfile> {
+    let json = manifest.annotations.get(KITFILE_ANNOTATION)?;
+    (!json.trim().is_empty()).then(|| ManifestKitfile {
+        path: SafePath::new(kitops::KITFILE).expect("constant is safe"),
+        json: json.clone(),
+    })
+}
 
 /// Whether `media_type` is a ModelPack config in either namespace.
 pub fn is_config(media_type: &str) -> bool {

@@ -9,7 +9,7 @@
 
 use super::limits::Limits;
 use super::MaterializeError;
-use crate::artifact::{kitfile, Action, Descriptor, Selection, Unpack};
+use crate::artifact::{kitfile, Action, Descriptor, ManifestKitfile, Selection, Unpack};
 use crate::cache::{remove_tree, writeback, CacheError, FileLayout, SnapshotFile, VerifiedFile};
 use crate::digest::twin::{update_both, Sha256State};
 use crate::digest::Digest;
@@ -62,6 +62,21 @@ struct Layer<'l> {
     /// A one-file layer's file, already downloaded and verified: the regular entry becomes
     /// this file (renamed into place) instead of being read from the archive.
     adopt: Option<VerifiedFile>,
+}
+
+impl<'l> Layer<'l> {
+    fn new(digest: String, unpack: &'l Unpack, selection: &'l Selection, budget: u64) -> Self {
+        Layer {
+            digest,
+            unpack,
+            selection,
+            budget,
+            expanded: 0,
+            created: HashSet::new(),
+            tap: None,
+            adopt: None,
+        }
+    }
 }
 
 /// The sha256 and length of an archive's own bytes (its layer digest), as unpacked.
@@ -199,13 +214,37 @@ impl Tree {
         descriptor: &Descriptor,
     ) -> Result<(), MaterializeError> {
         let json = fs::read(blob).map_err(io_err(blob))?;
+        self.write_kitfile(path, json, &descriptor.digest.to_string())
+    }
+
+    /// Writes the Kitfile a manifest carries (see [`ManifestKitfile`]), unless a layer
+    /// already placed something at its path (the artifact's own file wins).
+    pub fn place_manifest_kitfile(
+        &mut self,
+        kitfile: &ManifestKitfile,
+    ) -> Result<(), MaterializeError> {
+        if fs::symlink_metadata(kitfile.path.under(&self.root)).is_ok() {
+            tracing::debug!(path = %kitfile.path, "a layer placed a file where the manifest's Kitfile goes; keeping the layer's");
+            return Ok(());
+        }
+        let json = kitfile.json.clone().into_bytes();
+        self.write_kitfile(&kitfile.path, json, "the manifest's Kitfile annotation")
+    }
+
+    /// Writes a Kitfile given as JSON as YAML (as it is, when kit could not read it either:
+    /// JSON is YAML too); `origin` names where it came from in messages.
+    fn write_kitfile(
+        &mut self,
+        path: &SafePath,
+        json: Vec<u8>,
+        origin: &str,
+    ) -> Result<(), MaterializeError> {
         let yaml = kitfile::kitfile_yaml(&json).unwrap_or_else(|reason| {
-            tracing::warn!(config = %descriptor.digest, %reason, "the ModelKit config is not a Kitfile kit can read; writing it as it is");
+            tracing::warn!(%origin, %reason, "the Kitfile is not one kit can read; writing it as it is");
             json
         });
-        let digest = descriptor.digest.to_string();
-        self.ensure_parent(path, &digest, false, None)?;
-        self.clear_target(path, &digest, false, false)?;
+        self.ensure_parent(path, origin, false, None)?;
+        self.clear_target(path, origin, false, false)?;
         let at = path.under(&self.root);
         fs::OpenOptions::new()
             .write(true)
@@ -322,16 +361,8 @@ impl Tree {
             cap: stream_cap,
         };
         let mut archive = tar::Archive::new(reader);
-        let mut layer = Layer {
-            digest: digest.clone(),
-            unpack,
-            selection,
-            budget,
-            expanded: 0,
-            created: HashSet::new(),
-            tap: tap.clone(),
-            adopt: None,
-        };
+        let mut layer = Layer::new(digest.clone(), unpack, selection, budget);
+        layer.tap = tap.clone();
         let entries = archive
             .entries()
             .map_err(|e| self.read_error(&layer, e, "reading the archive"))?;
@@ -373,16 +404,9 @@ impl Tree {
         selection: &Selection,
         file: VerifiedFile,
     ) -> Result<bool, MaterializeError> {
-        let mut layer = Layer {
-            digest: descriptor.digest.to_string(),
-            unpack,
-            selection,
-            budget: self.limits.layer_budget(descriptor.size),
-            expanded: 0,
-            created: HashSet::new(),
-            tap: None,
-            adopt: Some(file),
-        };
+        let budget = self.limits.layer_budget(descriptor.size);
+        let mut layer = Layer::new(descriptor.digest.to_string(), unpack, selection, budget);
+        layer.adopt = Some(file);
         let mut archive = tar::Archive::new(io::Cursor::new(head));
         let entries = archive
             .entries()

@@ -279,6 +279,13 @@ async fn lay_entries(
     if again {
         return Ok((Attempt::Again, fetched));
     }
+    if let Some(kitfile) = plan.kitfile.clone() {
+        tree = blocking(move || {
+            tree.place_manifest_kitfile(&kitfile)?;
+            Ok(tree)
+        })
+        .await?;
+    }
     Ok((Attempt::Built(BuiltTree { tree, partials }), fetched))
 }
 

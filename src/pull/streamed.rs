@@ -156,13 +156,7 @@ async fn stream_layer_file(
         ChunkedIngest::Present => return unpack_stored(cache, tree, layer).await,
         ChunkedIngest::Needed(writer) => writer,
     };
-    let registry = match source.online() {
-        Ok(registry) => registry,
-        Err(e) => {
-            writer.suspend().await;
-            return Err(e);
-        }
-    };
+    let registry = source.online_or_suspend(writer.suspend()).await?;
     let kept = writer.resumed_bytes();
     let mut bar = layers
         .job
@@ -313,13 +307,7 @@ async fn stream_layer_chunked(
         ChunkedIngest::Present => return unpack_stored(cache, tree, layer).await,
         ChunkedIngest::Needed(writer) => writer,
     };
-    let registry = match source.online() {
-        Ok(registry) => registry,
-        Err(e) => {
-            writer.suspend().await;
-            return Err(e);
-        }
-    };
+    let registry = source.online_or_suspend(writer.suspend()).await?;
     let kept = writer.resumed_bytes();
     if kept > 0 {
         tracing::info!(digest = %blob.digest, bytes = kept, "unpacking the bytes an interrupted pull left, then fetching the rest");
