@@ -2,7 +2,9 @@
 //! -> destination. Pull policies decide when the registry is asked at all.
 
 use crate::artifact::{self, Action, ArtifactError, Format, Manifest, Parsed, Plan};
-use crate::cache::{Cache, CacheError, ChunkedIngest, Ingest, Purpose, SnapshotFile, SnapshotInfo};
+use crate::cache::{
+    Cache, CacheError, ChunkedIngest, ChunkedWriter, Ingest, Purpose, SnapshotFile, SnapshotInfo,
+};
 use crate::digest::Digest;
 use crate::materialize::{self, MaterializeError, Stamp};
 use crate::policy::{self, Gate, PolicyError};
@@ -815,20 +817,24 @@ async fn fetch_chunked(
             bar.reset();
             return Ok(Attempt::RangeIgnored);
         }
-        Err(e @ PullError::Truncated { .. }) => {
-            writer.abandon().await;
-            return Err(e);
-        }
-        Err(PullError::Cache(e)) if e.is_integrity() => {
-            writer.abandon().await;
-            return Err(e.into());
-        }
         Err(e) => {
-            writer.suspend().await;
+            put_away_failed(&writer, &e).await;
             return Err(e);
         }
     }
     committed(writer.commit().await, bar, resumed, may_retry)
+}
+
+/// After a failed chunked download: a partial whose bytes cannot be trusted (a truncated
+/// blob, a digest mismatch) is deleted; after any other failure it is kept for a resume.
+async fn put_away_failed(writer: &ChunkedWriter, error: &PullError) {
+    let untrustworthy = matches!(error, PullError::Truncated { .. })
+        || matches!(error, PullError::Cache(c) if c.is_integrity());
+    if untrustworthy {
+        writer.abandon().await;
+    } else {
+        writer.suspend().await;
+    }
 }
 
 /// The end of an attempt: a stored blob, or one more try from byte 0 when a resumed partial

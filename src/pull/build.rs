@@ -211,17 +211,11 @@ async fn lay_entries(
             .lock()
             .expect("claims lock")
             .insert(entry.blob.digest.clone());
-        let (entry, selection) = (entry.clone(), plan.selection.clone());
-        let blob = cache.blob_path(&entry.blob.digest);
-        tree = match entry.action {
+        let selection = plan.selection.clone();
+        tree = match entry.action.clone() {
             Action::Unpack(unpack) if job.streamed.contains(&entry.blob.digest) => {
                 let layer = StreamedLayer {
-                    blob: plan
-                        .entries
-                        .iter()
-                        .map(|e| &e.blob)
-                        .find(|b| b.digest == entry.blob.digest)
-                        .expect("the entry is in the plan"),
+                    blob: &entry.blob,
                     unpack,
                     selection,
                 };
@@ -241,8 +235,9 @@ async fn lay_entries(
                 }
             }
             action => {
+                let (blob, descriptor) = (cache.blob_path(&entry.blob.digest), entry.blob.clone());
                 blocking(move || {
-                    tree.place_entry(&action, &blob, &entry.blob, &selection)?;
+                    tree.place_entry(&action, &blob, &descriptor, &selection)?;
                     Ok(tree)
                 })
                 .await?

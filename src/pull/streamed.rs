@@ -12,7 +12,9 @@
 //! fetches only the rest.
 
 use super::build::{blocking, LayerJobs};
-use super::{chunks, download_with_resume, progress_label, Feed, PullError};
+use super::{
+    chunks, download_with_resume, progress_label, put_away_failed, Feed, PullError, Source,
+};
 use crate::artifact;
 use crate::cache::{Cache, CacheError, ChunkedIngest, ChunkedWriter, FileLayout, Ingest, Purpose};
 use crate::materialize::extract::{self, LayerDigest, Tree};
@@ -172,17 +174,9 @@ async fn stream_layer_file(
         &mut fetched,
     )
     .await;
-    match downloaded {
-        Ok(chunks::Outcome::Complete) => {}
-        Ok(chunks::Outcome::RangeIgnored) => {
-            writer.abandon().await;
-            source.range_ignored.store(true, Ordering::Relaxed);
-            return Ok((Layer::Again, fetched));
-        }
-        Err(e) => {
-            discard_if_untrustworthy(&writer, &e).await;
-            return Err(e);
-        }
+    // The partial is laid out as the file: a one-stream download cannot go on from it.
+    if !download_complete(downloaded, &writer, source, false).await? {
+        return Ok((Layer::Again, fetched));
     }
     let resumed = kept > 0 && layers.may_retry;
     let verified = match writer.verify_file().await {
@@ -224,13 +218,28 @@ async fn stream_layer_file(
     }
 }
 
-/// After a failed download: a partial whose bytes cannot be trusted (a truncated blob, a
-/// digest mismatch) is deleted; any other failure keeps it for a resume.
-async fn discard_if_untrustworthy(writer: &ChunkedWriter, error: &PullError) {
-    if matches!(error, PullError::Truncated { .. })
-        || matches!(error, PullError::Cache(c) if c.is_integrity())
-    {
-        writer.abandon().await;
+/// Whether a layer's chunked download completed: false when the registry ignored Range (the
+/// layer is built again in one stream; `keep_chunks`: its partial's complete chunks serve
+/// that download, else the partial is deleted). A failure puts the partial away first.
+async fn download_complete(
+    downloaded: Result<chunks::Outcome, PullError>,
+    writer: &ChunkedWriter,
+    source: &Source<'_>,
+    keep_chunks: bool,
+) -> Result<bool, PullError> {
+    match downloaded {
+        Ok(chunks::Outcome::Complete) => Ok(true),
+        Ok(chunks::Outcome::RangeIgnored) => {
+            if !keep_chunks {
+                writer.abandon().await;
+            }
+            source.range_ignored.store(true, Ordering::Relaxed);
+            Ok(false)
+        }
+        Err(e) => {
+            put_away_failed(writer, &e).await;
+            Err(e)
+        }
     }
 }
 
@@ -346,17 +355,9 @@ async fn stream_layer_chunked(
             (Ok(chunks::Outcome::Complete), (tree, Err(refused)))
         }
     };
-    match downloaded {
-        Ok(chunks::Outcome::Complete) => {}
-        Ok(chunks::Outcome::RangeIgnored) => {
-            // The chunks already complete stay for the one-stream download.
-            source.range_ignored.store(true, Ordering::Relaxed);
-            return Ok((Layer::Again, fetched));
-        }
-        Err(e) => {
-            discard_if_untrustworthy(&writer, &e).await;
-            return Err(e);
-        }
+    // The chunks already complete stay for the one-stream download.
+    if !download_complete(downloaded, &writer, source, true).await? {
+        return Ok((Layer::Again, fetched));
     }
     let resumed = kept > 0 && layers.may_retry;
     let layer = settle(blob, (tree, extracted), Partial::Chunked(writer), resumed).await?;
