@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod materialize;
 pub mod metrics;
 pub mod node;
+pub mod pause;
 pub mod policy;
 pub mod progress;
 pub mod pull;

@@ -2,9 +2,10 @@
 //! warming pass over it. `tugboat warm FILE` runs one pass; the node daemon repeats it on an
 //! interval and whenever the file changes.
 
+use crate::cache::{Cache, Lease};
 use crate::policy::{Gate, Mode, Policy};
 use crate::progress::Progress;
-use crate::pull::{pull_gated, PullError, PullPolicy, PullReport, PullRequest};
+use crate::pull::{pull_leased, PullError, PullPolicy, PullReport, PullRequest};
 use crate::reference::Reference;
 use crate::registry::RegistryClient;
 use std::collections::BTreeMap;
@@ -93,6 +94,9 @@ pub struct WarmStatus {
     pub error: Option<String>,
     /// The failure's kind (the same as `tugboat pull` of this entry would report).
     pub kind: Option<crate::errors::FailureKind>,
+    /// The snapshot the entry is held in, once ready.
+    #[serde(skip)]
+    pub snapshot: Option<crate::digest::Digest>,
 }
 
 impl WarmList {
@@ -127,8 +131,14 @@ impl WarmEntry {
     }
 }
 
+/// Lease label `owner` of the leases that keep warm-list models in the cache.
+const OWNER: &str = "owner";
+const OWNER_WARM: &str = "warm";
+
 /// Pulls every entry meant for this node into `cache`, one after another (each pull is
 /// itself parallel), and reports each entry's state. Failures do not stop the pass.
+/// With `pin` (the node daemon), each ready model keeps a lease, so no collection removes it,
+/// and the leases of models the list no longer names go.
 pub async fn warm_once(
     list: &WarmList,
     node_labels: &BTreeMap<String, String>,
@@ -136,6 +146,7 @@ pub async fn warm_once(
     registry: &RegistryClient,
     concurrency: usize,
     policy: Option<&std::sync::Arc<crate::policy::Policy>>,
+    pin: bool,
 ) -> Vec<WarmStatus> {
     let mut statuses = Vec::new();
     for entry in &list.models {
@@ -148,6 +159,7 @@ pub async fn warm_once(
             seconds: 0.0,
             error: None,
             kind: None,
+            snapshot: None,
         };
         if !entry.selects(node_labels) {
             statuses.push(status);
@@ -166,13 +178,14 @@ pub async fn warm_once(
             dest_link: Default::default(),
         };
         let started = std::time::Instant::now();
-        let result = warm_one(&request, registry, policy).await;
+        let result = warm_one(&request, registry, policy, pin).await;
         status.seconds = started.elapsed().as_secs_f64();
         match result {
             Ok(report) => {
                 tracing::info!(reference = %entry.reference, digest = %report.digest, fetched = report.bytes_fetched, "warm");
                 status.state = WarmState::Ready;
                 status.digest = Some(report.digest.to_string());
+                status.snapshot = Some(request.snapshot_id(&report.digest));
                 status.bytes_fetched = report.bytes_fetched;
                 status.bytes_reused = report.bytes_reused;
             }
@@ -185,15 +198,24 @@ pub async fn warm_once(
         }
         statuses.push(status);
     }
+    if pin {
+        if let Err(e) = release_unlisted(cache, &statuses) {
+            tracing::warn!(error = %e, "cannot release the leases of models no longer warm; the next pass retries");
+        }
+    }
     statuses
 }
 
-/// One entry, under the node policy when there is one (mode `warm`, no namespace).
+/// One entry, under the node policy when there is one (mode `warm`, no namespace), held by a
+/// work lease until its model is pinned.
 async fn warm_one(
     request: &PullRequest,
     registry: &RegistryClient,
     policy: Option<&std::sync::Arc<Policy>>,
+    pin: bool,
 ) -> Result<PullReport, PullError> {
+    let cache = Cache::open(request.cache.as_ref().expect("warm pulls into a cache"))?;
+    let held = cache.begin_work(&format!("warm {}", request.reference))?;
     let gate = match policy {
         Some(policy) => policy.admit(&request.reference, None, Mode::Warm, None)?,
         None => Gate::open(),
@@ -205,7 +227,61 @@ async fn warm_one(
         anonymous = registry.anonymous()?;
         &anonymous
     };
-    pull_gated(request, client, &Progress::hidden(), &gate).await
+    let report = pull_leased(request, client, &Progress::hidden(), &gate, Some(&held)).await?;
+    if pin {
+        cache.take_lease(&warm_lease(request, &report))?;
+    }
+    Ok(report)
+}
+
+/// Whether two reference texts name the same thing once normalised.
+fn same_reference(a: &str, b: &str) -> bool {
+    match (a.parse::<Reference>(), b.parse::<Reference>()) {
+        (Ok(a), Ok(b)) => a.to_string() == b.to_string(),
+        _ => a == b,
+    }
+}
+
+/// The lease that keeps one warm entry's model.
+fn warm_lease(request: &PullRequest, report: &PullReport) -> Lease {
+    let mut labels = BTreeMap::new();
+    labels.insert(OWNER.to_string(), OWNER_WARM.to_string());
+    Lease {
+        snapshot: request.snapshot_id(&report.digest),
+        holder: format!("warm {}", report.reference),
+        target: None,
+        reference: report.reference.clone(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        labels,
+    }
+}
+
+/// Drops the warm leases the pass did not confirm: models the list no longer names (or not
+/// for this node) and older digests of entries that resolved anew. A failed entry keeps its
+/// lease: its model may still be the one the next pass finds.
+fn release_unlisted(cache: &Path, statuses: &[WarmStatus]) -> Result<(), crate::cache::CacheError> {
+    let cache = Cache::open(cache)?;
+    for lease in cache.leases()? {
+        if lease.labels.get(OWNER).map(String::as_str) != Some(OWNER_WARM) {
+            continue;
+        }
+        let keep = statuses.iter().any(|s| {
+            same_reference(&s.reference, &lease.reference)
+                && match s.state {
+                    WarmState::Failed => true,
+                    WarmState::NotForThisNode => false,
+                    WarmState::Ready => s.snapshot.as_ref() == Some(&lease.snapshot),
+                }
+        });
+        if !keep {
+            tracing::info!(reference = %lease.reference, snapshot = %lease.snapshot, "no longer warm; its model may be collected");
+            cache.drop_lease(&lease.snapshot, &lease.holder)?;
+        }
+    }
+    Ok(())
 }
 
 /// Parses `k=v,k2=v2` (the `--node-labels` flag).

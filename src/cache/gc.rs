@@ -1,6 +1,7 @@
 //! Garbage collection: keeps the cache under its size limit and the filesystem under its high
 //! watermark. Stale partial downloads and unreferenced blobs go first, then least-recently-used
-//! snapshots with the blobs only they needed. A leased or protected snapshot is never removed.
+//! snapshots with the blobs only they needed. A leased or protected snapshot, and a blob that
+//! running work holds, are never removed; what dead work held is reclaimed first.
 
 use super::error::CacheError;
 use super::usage::Inventory;
@@ -61,6 +62,9 @@ impl Cache {
     /// One collection pass under `policy`.
     pub fn gc(&self, policy: &GcPolicy) -> Result<GcReport, CacheError> {
         let now = SystemTime::now();
+        if !policy.dry_run {
+            self.reclaim_dead_work()?;
+        }
         let mut inventory = self.inventory()?;
         let mut report = GcReport {
             dry_run: policy.dry_run,
@@ -93,9 +97,10 @@ impl Cache {
             .collect();
         orphans.sort_by_key(|b| b.modified);
         for blob in orphans {
-            self.remove_path(&self.blob_path(&blob.digest), policy.dry_run)?;
-            inventory.blobs.retain(|b| b.digest != blob.digest);
-            report.blobs_removed += 1;
+            if self.remove_blob(&blob.digest, policy.dry_run)? {
+                inventory.blobs.retain(|b| b.digest != blob.digest);
+                report.blobs_removed += 1;
+            }
         }
 
         // Least recently used snapshots while over the target.
@@ -135,8 +140,9 @@ impl Cache {
                 .into_iter()
                 .collect();
             for digest in freed {
-                if inventory.blobs.iter().any(|b| b.digest == digest) {
-                    self.remove_path(&self.blob_path(&digest), policy.dry_run)?;
+                if inventory.blobs.iter().any(|b| b.digest == digest)
+                    && self.remove_blob(&digest, policy.dry_run)?
+                {
                     inventory.blobs.retain(|b| b.digest != digest);
                     report.blobs_removed += 1;
                 }
@@ -169,6 +175,14 @@ impl Cache {
             }
         }
         Ok(target)
+    }
+
+    /// Removes a blob no live work holds (dry: says whether it would). Returns whether it went.
+    fn remove_blob(&self, blob: &Digest, dry_run: bool) -> Result<bool, CacheError> {
+        if dry_run {
+            return Ok(!self.blob_is_leased(blob)?);
+        }
+        self.remove_blob_unless_leased(blob)
     }
 
     fn remove_path(&self, path: &std::path::Path, dry_run: bool) -> Result<(), CacheError> {

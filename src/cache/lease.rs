@@ -1,7 +1,8 @@
 //! Leases: who holds a snapshot. One small JSON file per holder under
-//! `leases/<snapshot-hex>/<holder-escaped>` (a published CSI volume, a pull in progress). A
-//! snapshot with any lease file must never be removed by garbage collection. The cache does not
-//! interpret holders; their owners (the CSI node service) put what they need in `labels`.
+//! `leases/<snapshot-hex>/<holder-escaped>`: durable ones (a published CSI volume, a warm-list
+//! entry) and the markers of work still running (`work_lease.rs`). A snapshot with a lease
+//! must never be removed by garbage collection. The cache does not interpret durable holders;
+//! their owners (the CSI node service, the warm loop) put what they need in `labels`.
 
 use super::error::CacheError;
 use super::lock::FileLock;
@@ -77,16 +78,28 @@ impl Cache {
         }
     }
 
-    /// Whether anything holds the snapshot. An unreadable lease file still counts.
+    /// Whether anything holds the snapshot: a durable lease (an unreadable lease file still
+    /// counts) or the marker of work still running. A dead work's marker is removed here.
     pub fn is_leased(&self, snapshot: &Digest) -> Result<bool, CacheError> {
         let dir = self.leases_dir().join(snapshot.hex());
-        match fs::read_dir(&dir) {
-            Ok(entries) => Ok(entries
-                .filter_map(Result::ok)
-                .any(|e| !e.file_name().to_string_lossy().starts_with('.'))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(CacheError::io(dir, e)),
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(CacheError::io(dir, e)),
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            match self.work_marker_alive(&name) {
+                Some(false) => {
+                    let _ = fs::remove_file(entry.path());
+                }
+                Some(true) | None => return Ok(true),
+            }
         }
+        Ok(false)
     }
 
     /// Every readable lease. Files that do not parse are logged and skipped (never deleted:
@@ -103,7 +116,8 @@ impl Cache {
                 continue;
             };
             for file in files.filter_map(Result::ok) {
-                if file.file_name().to_string_lossy().starts_with('.') {
+                let name = file.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') || self.work_marker_alive(&name) == Some(false) {
                     continue;
                 }
                 let path = file.path();

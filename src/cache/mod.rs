@@ -12,6 +12,7 @@ mod private;
 mod snapshot;
 mod usage;
 mod verify;
+mod work_lease;
 pub mod writeback;
 
 pub use chunked::{
@@ -26,6 +27,7 @@ pub use lock::FileLock;
 pub use snapshot::{remove_tree, SnapshotBuilder, SnapshotFile, SnapshotInfo, SnapshotSlot};
 pub use usage::{Inventory, SnapshotEntry};
 pub use verify::VerifyReport;
+pub use work_lease::WorkLease;
 
 use crate::digest::Digest;
 use std::fs;

@@ -261,20 +261,18 @@ fn rm(cache: &Cache, text: &str) -> Result<(), Failure> {
     }
     for target in &targets {
         if cache.is_leased(&target.info.digest).map_err(storage)? {
-            return Err(Failure::new(
-                FailureKind::Other,
-                anyhow::anyhow!(
-                    "{} is in use by a mounted volume; unpublish it first",
-                    target.info.digest
-                ),
-            ));
+            return Err(in_use(cache, &target.info.digest));
         }
     }
     let before = inventory.total_bytes();
     for target in &targets {
-        cache
-            .remove_snapshot(&target.info.digest)
-            .map_err(storage)?;
+        // Decided again under the snapshot's lock: a pull or publish may have taken it since.
+        if !cache
+            .remove_snapshot_unless_leased(&target.info.digest)
+            .map_err(storage)?
+        {
+            return Err(in_use(cache, &target.info.digest));
+        }
         println!("removed {} ({})", target.info.reference, target.info.digest);
     }
     cache
@@ -292,6 +290,50 @@ fn rm(cache: &Cache, text: &str) -> Result<(), Failure> {
         human_bytes(before.saturating_sub(report.bytes_after))
     );
     Ok(())
+}
+
+/// The refusal of `cache rm` for a model something holds, naming each holder.
+fn in_use(cache: &Cache, snapshot: &tugboat::digest::Digest) -> Failure {
+    let holders: Vec<String> = cache
+        .leases()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|l| &l.snapshot == snapshot)
+        .map(|l| describe_holder(&l))
+        .collect();
+    let holders = if holders.is_empty() {
+        "a lease file that cannot be read".to_string()
+    } else {
+        holders.join(", ")
+    };
+    Failure::new(
+        FailureKind::Other,
+        anyhow::anyhow!(
+            "{snapshot} is in use by {holders}; unpublish the volume, take the model off the warm list, or wait for the pull to finish"
+        ),
+    )
+}
+
+/// A lease's holder in words.
+fn describe_holder(lease: &tugboat::cache::Lease) -> String {
+    match lease.labels.get("owner").map(String::as_str) {
+        Some("csi") => format!(
+            "volume {} mounted at {}",
+            lease.labels.get("volume_id").map_or("?", String::as_str),
+            lease
+                .target
+                .as_deref()
+                .unwrap_or(std::path::Path::new("?"))
+                .display()
+        ),
+        Some("work") => format!(
+            "`{}` (pid {})",
+            lease.reference,
+            lease.labels.get("pid").map_or("?", String::as_str)
+        ),
+        Some("warm") => format!("the node's warm list ({})", lease.reference),
+        _ => format!("{} ({})", lease.holder, lease.reference),
+    }
 }
 
 fn unix(time: SystemTime) -> u64 {

@@ -42,6 +42,7 @@ pub async fn run(args: WarmArgs) -> Result<(), Failure> {
         &client,
         args.concurrency,
         policy.as_ref(),
+        false,
     )
     .await;
     if args.json {

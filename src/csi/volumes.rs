@@ -7,7 +7,7 @@ use super::flight::Flights;
 use super::mountinfo::{self, MountEntry};
 use super::validate::Publish;
 use super::{mount, secrets, status};
-use crate::cache::{Cache, Lease};
+use crate::cache::{Cache, Lease, WorkLease};
 use crate::digest::Digest;
 use crate::metrics::Metrics;
 use crate::policy::{Gate, Mode as RequestMode, Policy};
@@ -32,7 +32,14 @@ const ADOPTED: &str = "adopted";
 
 /// One pull per (reference, policy, secret fingerprint).
 type FlightKey = (String, String, String);
-type PullOutcome = Result<Arc<PullReport>, Status>;
+type PullOutcome = Result<Arc<Pulled>, Status>;
+
+/// A shared pull's result, and the work lease that holds its snapshot until every publish
+/// that joined the pull has recorded its own lease (dropped with the last of them).
+pub struct Pulled {
+    report: PullReport,
+    _held: WorkLease,
+}
 
 pub struct Volumes {
     cache: Cache,
@@ -173,7 +180,8 @@ impl Volumes {
     /// snapshot between the pull and the lease; then the model is ensured once more.
     async fn ensure_leased_model(&self, request: &Publish) -> Result<(PathBuf, Lease), Status> {
         for _ in 0..3 {
-            let report = self.ensure_model(request).await?;
+            let pulled = self.ensure_model(request).await?;
+            let report = &pulled.report;
             let snapshot_dir = report
                 .snapshot
                 .clone()
@@ -193,7 +201,7 @@ impl Volumes {
     /// The model's snapshot, from the cache or one pull shared by every request for the same
     /// reference with the same secret. A caller that gives up (kubelet's deadline) leaves the
     /// pull running; the retried call joins it.
-    async fn ensure_model(&self, request: &Publish) -> Result<Arc<PullReport>, Status> {
+    async fn ensure_model(&self, request: &Publish) -> Result<Arc<Pulled>, Status> {
         let mode = if request.ephemeral {
             RequestMode::Inline
         } else {
@@ -238,21 +246,38 @@ impl Volumes {
             },
             dest_link: Default::default(),
         };
-        let metrics = self.metrics.clone();
+        let (metrics, cache) = (self.metrics.clone(), self.cache.clone());
         let work = move || async move {
             let _slot = gate
                 .pull_slot(&pull_request.reference, &slot_key)
                 .map_err(|e| crate::errors::status(&e))?;
             let started = std::time::Instant::now();
             metrics.pulls_in_flight.inc();
-            let result = pull::pull_gated(&pull_request, &client, &Progress::hidden(), &gate).await;
+            let held = cache
+                .begin_work(&format!("publish {}", pull_request.reference))
+                .map_err(|e| status::from_pull(&e.into()))?;
+            let result = pull::pull_leased(
+                &pull_request,
+                &client,
+                &Progress::hidden(),
+                &gate,
+                Some(&held),
+            )
+            .await;
             metrics.pulls_in_flight.dec();
             let figures = result
                 .as_ref()
                 .ok()
                 .map(|r| (r.bytes_fetched, r.bytes_reused));
             metrics.record_pull_figures("csi", figures, started.elapsed().as_secs_f64());
-            result.map(Arc::new).map_err(|e| status::from_pull(&e))
+            result
+                .map(|report| {
+                    Arc::new(Pulled {
+                        report,
+                        _held: held,
+                    })
+                })
+                .map_err(|e| status::from_pull(&e))
         };
         let (outcome, started) = self
             .flights

@@ -72,6 +72,7 @@ impl WarmLoop {
             &self.registry,
             self.concurrency,
             self.policy.as_ref(),
+            true,
         )
         .await;
         for status in &statuses {

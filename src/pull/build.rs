@@ -6,28 +6,19 @@
 //! to unpack or verify (a partial a power cut damaged) makes the tree be built once more, that
 //! layer from nothing.
 
+use super::fetch::{download_with_resume, Feed};
+use super::job::{blocking, LayerJobs, SnapshotJob};
+use super::source::Source;
 use super::streamed::{stream_layer, Layer, Partial, StreamedLayer};
-use super::{download_with_resume, Feed, PullError, Source};
-use crate::artifact::{self, Action, Plan};
+use super::PullError;
+use crate::artifact::{self, Action};
 use crate::cache::{Cache, Ingest, SnapshotInfo, SnapshotSlot};
 use crate::digest::Digest;
 use crate::materialize::extract::Tree;
-use crate::materialize::{self, MaterializeError};
 use crate::progress::Progress;
 use futures_util::StreamExt;
 use std::collections::HashSet;
 use std::path::PathBuf;
-
-/// What building a snapshot needs besides the cache and the registry.
-pub(super) struct SnapshotJob<'a> {
-    pub plan: &'a Plan,
-    /// Archive layers to download and unpack at once (see `streamed_layers`).
-    pub streamed: &'a HashSet<Digest>,
-    pub limits: materialize::Limits,
-    /// Downloads at once: streamed layers after the first are fetched ahead into their partials.
-    pub concurrency: usize,
-    pub progress: &'a Progress,
-}
 
 /// A tree with every plan entry laid in, waiting to be published.
 struct BuiltTree {
@@ -176,16 +167,6 @@ async fn fetch_ahead(
     fetched
 }
 
-/// What every layer of one attempt shares.
-pub(super) struct LayerJobs<'a> {
-    pub cache: &'a Cache,
-    pub source: &'a Source<'a>,
-    pub job: &'a SnapshotJob<'a>,
-    pub claimed: &'a std::sync::Mutex<HashSet<Digest>>,
-    /// A resumed layer that fails may ask for another attempt.
-    pub may_retry: bool,
-}
-
 /// Lays every plan entry into a tree at `dir`. Streamed archives whose paths cannot overlap
 /// (no image layers in the plan) each unpack on their own thread as their bytes arrive, up to
 /// `concurrency` at once; image layers go one after another, in order, since a later one may
@@ -322,13 +303,4 @@ async fn commit(
         partial.discard().await;
     }
     Ok((info, dir))
-}
-
-/// Runs filesystem work on a blocking thread.
-pub(super) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, MaterializeError> + Send + 'static,
-) -> Result<T, PullError> {
-    Ok(tokio::task::spawn_blocking(work)
-        .await
-        .expect("snapshot task panicked")?)
 }

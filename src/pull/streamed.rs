@@ -11,10 +11,10 @@
 //! Every way a killed pull keeps the partial: the re-run reads back the bytes it holds and
 //! fetches only the rest.
 
-use super::build::{blocking, LayerJobs};
-use super::{
-    chunks, download_with_resume, progress_label, put_away_failed, Feed, PullError, Source,
-};
+use super::fetch::{download_with_resume, progress_label, put_away_failed, Feed};
+use super::job::{blocking, is_plain_tar, LayerJobs};
+use super::source::Source;
+use super::{chunks, PullError};
 use crate::artifact;
 use crate::cache::{Cache, CacheError, ChunkedIngest, ChunkedWriter, FileLayout, Ingest, Purpose};
 use crate::materialize::extract::{self, LayerDigest, Tree};
@@ -289,11 +289,6 @@ fn spawn_extractor(
         };
         (tree, result)
     })
-}
-
-/// Whether a layer's media type says it is a plain (uncompressed) tar.
-pub(super) fn is_plain_tar(media_type: &str) -> bool {
-    !media_type.contains("gzip") && !media_type.contains("zstd")
 }
 
 /// The layer in parallel ranged chunks; the extractor follows the partial's in-order prefix.

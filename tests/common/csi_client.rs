@@ -108,11 +108,17 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
     /// Starts `tugboat node --plain-http` on the workspace's socket and cache, plus `extra` flags.
     pub fn start(ws: &Workspace, extra: &[&str]) -> Daemon {
+        Self::start_with_env(ws, extra, &[])
+    }
+
+    /// [`Daemon::start`] with these environment variables set for the daemon.
+    pub fn start_with_env(ws: &Workspace, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut args: Vec<String> = vec![
             "node".into(),
             "--csi-endpoint".into(),
@@ -127,6 +133,10 @@ impl Daemon {
             socket: ws.socket(),
             log: ws.dir.path().join("daemon.log"),
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         daemon.spawn();
         daemon
@@ -143,6 +153,7 @@ impl Daemon {
             // The node id comes from the environment, as from the downward API.
             .env("TUGBOAT_NODE_ID", "test-node")
             .env("TUGBOAT_LOG", "info,tugboat=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null())
