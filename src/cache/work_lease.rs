@@ -321,10 +321,9 @@ fn now() -> u64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_live_lease_holds_and_a_dropped_one_releases() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::open(dir.path()).unwrap();
+    /// A lease on a fresh cache holding one snapshot and one blob.
+    fn holding(dir: &std::path::Path) -> (Cache, WorkLease, Digest, Digest) {
+        let cache = Cache::open(dir).unwrap();
         let blob = Digest::of_bytes(b"blob");
         let snapshot = Digest::of_bytes(b"snapshot");
         let work = cache.begin_work("pull r/m:1").unwrap();
@@ -333,6 +332,13 @@ mod tests {
             .block_on(work.hold_snapshot(&snapshot))
             .unwrap();
         work.hold_blobs([&blob]).unwrap();
+        (cache, work, snapshot, blob)
+    }
+
+    #[test]
+    fn a_live_lease_holds_and_a_dropped_one_releases() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, work, snapshot, blob) = holding(dir.path());
         assert!(cache.is_leased(&snapshot).unwrap());
         assert!(cache.blob_is_leased(&blob).unwrap());
         assert_eq!(cache.reclaim_dead_work().unwrap(), 0);
@@ -344,16 +350,8 @@ mod tests {
     #[test]
     fn a_dead_holders_markers_are_reclaimed() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::open(dir.path()).unwrap();
-        let blob = Digest::of_bytes(b"blob");
-        let snapshot = Digest::of_bytes(b"snapshot");
         // What a killed holder leaves: its file (nobody holds its lock) and its markers.
-        let work = cache.begin_work("pull r/m:1").unwrap();
-        tokio::runtime::Runtime::new()
-            .unwrap()
-            .block_on(work.hold_snapshot(&snapshot))
-            .unwrap();
-        work.hold_blobs([&blob]).unwrap();
+        let (cache, work, snapshot, blob) = holding(dir.path());
         let left: Vec<(PathBuf, Vec<u8>)> = walk(&cache.leases_dir());
         drop(work);
         for (path, body) in &left {
