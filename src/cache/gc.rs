@@ -24,6 +24,8 @@ pub struct GcPolicy {
     pub partial_max_age: Duration,
     /// Unreferenced blobs younger than this are kept (a pull may be about to use them).
     pub blob_grace: Duration,
+    /// Hidden temporary files (of writers killed between write and rename) older than this go.
+    pub temp_max_age: Duration,
     /// Snapshots that must stay whatever the pressure (warm list, pulls in flight).
     pub protected: HashSet<Digest>,
     /// Report what would go, remove nothing.
@@ -38,6 +40,7 @@ impl Default for GcPolicy {
             low_watermark: 0.8,
             partial_max_age: Duration::from_secs(24 * 3600),
             blob_grace: Duration::from_secs(3600),
+            temp_max_age: Duration::from_secs(60),
             protected: HashSet::new(),
             dry_run: false,
         }
@@ -64,6 +67,7 @@ impl Cache {
         let now = SystemTime::now();
         if !policy.dry_run {
             self.reclaim_dead_work()?;
+            self.remove_leftovers(policy.temp_max_age);
         }
         let mut inventory = self.inventory()?;
         let mut report = GcReport {

@@ -123,6 +123,8 @@ impl Cache {
                 let path = file.path();
                 match fs::read(&path).map(|b| serde_json::from_slice::<Lease>(&b)) {
                     Ok(Ok(lease)) if lease.snapshot == snapshot => found.push(lease),
+                    // Its holder let go between the listing and the read.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     _ => {
                         tracing::warn!(path = %path.display(), "unreadable lease file; it keeps its snapshot but is otherwise ignored")
                     }

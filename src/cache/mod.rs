@@ -7,6 +7,7 @@ mod error;
 mod gc;
 mod ingest;
 mod lease;
+mod leftovers;
 mod lock;
 mod private;
 mod snapshot;
