@@ -3,6 +3,7 @@
 //! interval and whenever the file changes.
 
 use crate::cache::{Cache, Lease};
+use crate::errors::{Classify, FailureKind};
 use crate::policy::{Gate, Mode, Policy};
 use crate::progress::Progress;
 use crate::pull::{pull_leased, PullError, PullPolicy, PullReport, PullRequest};
@@ -294,6 +295,12 @@ pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
                 .ok_or_else(|| format!("{pair:?}: expected key=value"))
         })
         .collect()
+}
+
+impl Classify for WarmError {
+    fn kind(&self) -> FailureKind {
+        FailureKind::Input
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Errors of the on-node cache.
 
 use crate::digest::Digest;
+use crate::errors::{io_kind, Classify, FailureKind};
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,5 +50,17 @@ fn hint(error: &std::io::Error) -> &'static str {
             " (no write access: check the volume mount and the user tugboat runs as)"
         }
         _ => "",
+    }
+}
+
+impl Classify for CacheError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            CacheError::Io { source, .. } => io_kind(source),
+            CacheError::DigestMismatch { .. } | CacheError::SizeMismatch { .. } => {
+                FailureKind::Integrity
+            }
+            CacheError::Corrupt { .. } => FailureKind::Storage,
+        }
     }
 }

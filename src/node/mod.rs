@@ -16,6 +16,7 @@ use crate::cache::{Cache, CacheError};
 use crate::csi::proto::identity_server::IdentityServer;
 use crate::csi::proto::node_server::NodeServer;
 use crate::csi::{IdentityService, NodeService, Volumes};
+use crate::errors::{io_kind, Classify, FailureKind};
 use crate::metrics::Metrics;
 use crate::registry::{RegistryClient, RegistryOptions};
 use std::collections::BTreeMap;
@@ -194,5 +195,17 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight calls"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: finishing in-flight calls"),
+    }
+}
+
+impl Classify for NodeError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            NodeError::Endpoint(_) | NodeError::NodeId => FailureKind::Input,
+            NodeError::Socket { source, .. } => io_kind(source),
+            NodeError::Cache(e) => e.kind(),
+            NodeError::Registry(e) => e.kind(),
+            NodeError::Serve(_) | NodeError::Http { .. } => FailureKind::Other,
+        }
     }
 }

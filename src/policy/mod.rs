@@ -17,6 +17,7 @@ pub mod signatures;
 
 use crate::artifact::Manifest;
 use crate::digest::Digest;
+use crate::errors::{Classify, FailureKind};
 use crate::reference::Reference;
 use crate::registry::RegistryError;
 use std::path::{Path, PathBuf};
@@ -375,6 +376,17 @@ impl Gate {
             reference: reference.to_string(),
             reason,
             detail,
+        }
+    }
+}
+
+impl Classify for PolicyError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            PolicyError::Load { .. } => FailureKind::Input,
+            PolicyError::Denied { .. } => FailureKind::PermissionDenied,
+            PolicyError::Signature { .. } => FailureKind::Signature,
+            PolicyError::SignatureFetch { source, .. } => source.kind(),
         }
     }
 }
