@@ -2,7 +2,8 @@
 //! and each kind has exactly one exit code (every command) and one gRPC code (CSI). Commands
 //! and the CSI service never choose codes themselves; they ask the error for its kind
 //! ([`Classify`], which each layer implements for its own error where it defines it: this
-//! module sits below every layer and uses none of them).
+//! module sits below every layer and uses none of them). [`render`] is the one way an error
+//! is shown to a person, its causes each said once.
 
 use tonic::Code;
 
@@ -102,10 +103,32 @@ pub fn io_kind(error: &std::io::Error) -> FailureKind {
     }
 }
 
-/// The gRPC status for an error: its kind's code, its message (which never carries
-/// credentials).
-pub fn status(error: &(impl Classify + std::fmt::Display)) -> tonic::Status {
-    tonic::Status::new(error.kind().grpc_code(), error.to_string())
+/// An error as a person reads it: its own message, then each cause's, joined by ": ", every
+/// clause once. The one rule for tugboat's errors is that a message never repeats its
+/// source (thiserror `#[source]`/`#[from]` fields stay out of `#[error("...")]`), and every
+/// place that shows an error to a person (the CLI's last line, CSI status messages, the warm
+/// status, log fields) renders it here, so nothing in the chain is lost or said twice. A
+/// foreign cause whose own message already ends with its cause's is not repeated either.
+pub fn render(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let clause = cause.to_string();
+        if !clause.is_empty() && !text.ends_with(&clause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&clause);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The gRPC status for an error: its kind's code, its rendered chain as the message (which
+/// never carries credentials).
+pub fn status(error: &(impl Classify + std::error::Error)) -> tonic::Status {
+    tonic::Status::new(error.kind().grpc_code(), render(error))
 }
 
 #[cfg(test)]
@@ -133,5 +156,34 @@ mod tests {
             assert_eq!(kind.grpc_code(), code, "{kind:?}");
         }
         assert_eq!(TABLE.len(), FailureKind::ALL.len());
+    }
+
+    #[derive(Debug)]
+    struct Said(&'static str, Option<Box<Said>>);
+
+    impl std::fmt::Display for Said {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Said {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|s| s as _)
+        }
+    }
+
+    #[test]
+    fn render_says_each_clause_once() {
+        let chain = Said(
+            "a",
+            Some(Box::new(Said("b", Some(Box::new(Said("c", None)))))),
+        );
+        assert_eq!(render(&chain), "a: b: c");
+        // A foreign error that prints its cause itself: the cause is not said again.
+        let foreign = Said("a: b", Some(Box::new(Said("b", None))));
+        assert_eq!(render(&foreign), "a: b");
+        let silent = Said("a", Some(Box::new(Said("", None))));
+        assert_eq!(render(&silent), "a");
     }
 }

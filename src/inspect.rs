@@ -15,7 +15,7 @@ pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
 pub enum InspectError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    #[error("{reference}: {source}")]
+    #[error("{reference}")]
     Artifact {
         reference: String,
         #[source]

@@ -57,7 +57,7 @@ pub enum NodeError {
     Endpoint(String),
     #[error("--node-id is required (Kubernetes: the node name from the downward API)")]
     NodeId,
-    #[error("CSI socket {}: {source}", path.display())]
+    #[error("CSI socket {}", path.display())]
     Socket {
         path: PathBuf,
         #[source]
@@ -65,15 +65,15 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Cache(#[from] CacheError),
-    #[error("serving gRPC: {0}")]
+    #[error("serving gRPC")]
     Serve(#[from] tonic::transport::Error),
-    #[error("--http-addr {addr}: {source}")]
+    #[error("--http-addr {addr}")]
     Http {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("registry options: {0}")]
+    #[error("registry options")]
     Registry(#[from] crate::registry::RegistryError),
 }
 

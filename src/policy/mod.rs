@@ -96,7 +96,7 @@ pub enum PolicyError {
         reference: String,
         detail: String,
     },
-    #[error("signature policy: reading signatures of {reference}: {source}")]
+    #[error("signature policy: reading signatures of {reference}")]
     SignatureFetch {
         reference: String,
         #[source]
@@ -196,7 +196,7 @@ impl Policy {
                     }
                     Err(e) => {
                         metrics::refused(Reason::NotAllowed);
-                        tracing::warn!(%reference, namespace = label, mode = mode.name(), error = %e, "access policy: refused");
+                        tracing::warn!(%reference, namespace = label, mode = mode.name(), error = %crate::errors::render(e), "access policy: refused");
                     }
                 }
                 Some(grant?)

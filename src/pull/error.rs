@@ -14,7 +14,7 @@ use std::path::PathBuf;
 pub enum PullError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    #[error("{reference}: {source}")]
+    #[error("{reference}")]
     Artifact {
         reference: String,
         #[source]
@@ -46,7 +46,7 @@ pub enum PullError {
     },
     #[error("give --dest DIR (where the model goes) and/or --cache DIR (the node cache)")]
     NoTarget,
-    #[error("{reference} is private in the node cache, and the registry did not confirm that these credentials may read it: {source}")]
+    #[error("{reference} is private in the node cache, and the registry did not confirm that these credentials may read it")]
     PrivateDenied {
         reference: String,
         #[source]
