@@ -9,7 +9,10 @@ source bench/lib.sh
 need_packages
 echo "== building tugboat (release)"
 cargo build --release --locked --quiet
-TUGBOAT=$PWD/target/release/tugboat
+# cargo puts the binary under $CARGO_TARGET_DIR when it is set (relative to this directory).
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+case $TARGET_DIR in /*) ;; *) TARGET_DIR=$PWD/$TARGET_DIR ;; esac
+TUGBOAT=$TARGET_DIR/release/tugboat
 
 WORK=$(mktemp -d)
 trap 'kill "${REGISTRY_PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT

@@ -1,13 +1,10 @@
 //! The one error classifier: every failure of every layer is sorted into a [`FailureKind`],
 //! and each kind has exactly one exit code (every command) and one gRPC code (CSI). Commands
-//! and the CSI service never choose codes themselves; they ask the error for its kind.
+//! and the CSI service never choose codes themselves; they ask the error for its kind
+//! ([`Classify`], which each layer implements for its own error where it defines it: this
+//! module sits below every layer and uses none of them). [`render`] is the one way an error
+//! is shown to a person, its causes each said once.
 
-use crate::cache::CacheError;
-use crate::inspect::InspectError;
-use crate::materialize::MaterializeError;
-use crate::pull::PullError;
-use crate::push::PushError;
-use crate::registry::RegistryError;
 use tonic::Code;
 
 /// What kind of failure happened, as scripts and kubelet need to know it.
@@ -90,37 +87,10 @@ impl FailureKind {
     }
 }
 
-/// An error that knows its kind.
+/// An error that knows its kind. Each layer implements it for its own error, where that
+/// error is defined; this module knows none of them.
 pub trait Classify {
     fn kind(&self) -> FailureKind;
-}
-
-impl Classify for RegistryError {
-    fn kind(&self) -> FailureKind {
-        match self {
-            RegistryError::Unauthorized { .. } => FailureKind::Unauthenticated,
-            RegistryError::Forbidden { .. } => FailureKind::PermissionDenied,
-            RegistryError::NotFound { .. } => FailureKind::NotFound,
-            RegistryError::Network { .. } => FailureKind::Network,
-            RegistryError::Status { .. } if self.is_transient() => FailureKind::Network,
-            RegistryError::Status { .. } => FailureKind::Other,
-            RegistryError::Protocol { .. } => FailureKind::Integrity,
-            RegistryError::Config(_) => FailureKind::Input,
-            RegistryError::RedirectRefused { .. } => FailureKind::PermissionDenied,
-        }
-    }
-}
-
-impl Classify for crate::policy::PolicyError {
-    fn kind(&self) -> FailureKind {
-        use crate::policy::PolicyError;
-        match self {
-            PolicyError::Load { .. } => FailureKind::Input,
-            PolicyError::Denied { .. } => FailureKind::PermissionDenied,
-            PolicyError::Signature { .. } => FailureKind::Signature,
-            PolicyError::SignatureFetch { source, .. } => source.kind(),
-        }
-    }
 }
 
 /// A local I/O failure: a full disk (or quota) apart from any other storage trouble.
@@ -133,109 +103,37 @@ pub fn io_kind(error: &std::io::Error) -> FailureKind {
     }
 }
 
-impl Classify for CacheError {
-    fn kind(&self) -> FailureKind {
-        match self {
-            CacheError::Io { source, .. } => io_kind(source),
-            CacheError::DigestMismatch { .. } | CacheError::SizeMismatch { .. } => {
-                FailureKind::Integrity
+/// An error as a person reads it: its own message, then each cause's, joined by ": ", every
+/// clause once. The one rule for tugboat's errors is that a message never repeats its
+/// source (thiserror `#[source]`/`#[from]` fields stay out of `#[error("...")]`), and every
+/// place that shows an error to a person (the CLI's last line, CSI status messages, the warm
+/// status, log fields) renders it here, so nothing in the chain is lost or said twice. A
+/// foreign cause whose own message already ends with its cause's is not repeated either.
+pub fn render(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let clause = cause.to_string();
+        if !clause.is_empty() && !text.ends_with(&clause) {
+            if !text.is_empty() {
+                text.push_str(": ");
             }
-            CacheError::Corrupt { .. } => FailureKind::Storage,
+            text.push_str(&clause);
         }
+        source = cause.source();
     }
+    text
 }
 
-impl Classify for MaterializeError {
-    fn kind(&self) -> FailureKind {
-        match self {
-            MaterializeError::Cache(e) => e.kind(),
-            MaterializeError::Destination { .. } => FailureKind::Storage,
-            MaterializeError::UnsafeEntry { .. }
-            | MaterializeError::DuplicatePath { .. }
-            | MaterializeError::Limit { .. }
-            | MaterializeError::Archive { .. } => FailureKind::Input,
-        }
-    }
-}
-
-impl Classify for PullError {
-    fn kind(&self) -> FailureKind {
-        match self {
-            PullError::Registry(e) => e.kind(),
-            PullError::Artifact { .. } | PullError::NoTarget => FailureKind::Input,
-            PullError::Cache(e) => e.kind(),
-            PullError::Materialize(e) => e.kind(),
-            PullError::ManifestMismatch { .. } | PullError::Truncated { .. } => {
-                FailureKind::Integrity
-            }
-            PullError::NotCached { .. } => FailureKind::NotFound,
-            PullError::NoSpace { .. } => FailureKind::NoSpace,
-            // The cache's access rule refused a private model to these credentials (an
-            // access-policy denial), unless the registry could not be asked at all.
-            PullError::PrivateDenied { source, .. } => match source.kind() {
-                kind if kind.is_refusal() => FailureKind::PermissionDenied,
-                kind => kind,
-            },
-            PullError::PrivateOffline { .. } => FailureKind::PermissionDenied,
-            PullError::Policy(e) => e.kind(),
-        }
-    }
-}
-
-impl Classify for InspectError {
-    fn kind(&self) -> FailureKind {
-        match self {
-            InspectError::Registry(e) => e.kind(),
-            InspectError::Artifact { .. } => FailureKind::Input,
-            InspectError::Mismatch { .. } => FailureKind::Integrity,
-        }
-    }
-}
-
-impl Classify for PushError {
-    fn kind(&self) -> FailureKind {
-        match self {
-            PushError::Io { source, .. } => match io_kind(source) {
-                // A file that cannot be read is the caller's input, not our disk.
-                FailureKind::Storage => FailureKind::Input,
-                kind => kind,
-            },
-            PushError::Input { .. } => FailureKind::Input,
-            PushError::Registry(e) => e.kind(),
-        }
-    }
-}
-
-impl Classify for crate::node::NodeError {
-    fn kind(&self) -> FailureKind {
-        use crate::node::NodeError;
-        match self {
-            NodeError::Endpoint(_) | NodeError::NodeId => FailureKind::Input,
-            NodeError::Socket { source, .. } => io_kind(source),
-            NodeError::Cache(e) => e.kind(),
-            NodeError::Registry(e) => e.kind(),
-            NodeError::Serve(_) | NodeError::Http { .. } => FailureKind::Other,
-        }
-    }
-}
-
-impl Classify for crate::warm::WarmError {
-    fn kind(&self) -> FailureKind {
-        FailureKind::Input
-    }
-}
-
-/// The gRPC status for an error: its kind's code, its message (which never carries
-/// credentials).
-pub fn status(error: &(impl Classify + std::fmt::Display)) -> tonic::Status {
-    tonic::Status::new(error.kind().grpc_code(), error.to_string())
+/// The gRPC status for an error: its kind's code, its rendered chain as the message (which
+/// never carries credentials).
+pub fn status(error: &(impl Classify + std::error::Error)) -> tonic::Status {
+    tonic::Status::new(error.kind().grpc_code(), render(error))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::artifact::ArtifactError;
-    use crate::digest::Digest;
 
     /// The README's table, exactly.
     const TABLE: [(FailureKind, u8, Code); 10] = [
@@ -260,140 +158,32 @@ mod tests {
         assert_eq!(TABLE.len(), FailureKind::ALL.len());
     }
 
-    fn registry(kind: FailureKind) -> Option<RegistryError> {
-        let (registry, repository, what) =
-            ("r.example".to_string(), "m".to_string(), "x".to_string());
-        Some(match kind {
-            FailureKind::Input => RegistryError::Config("bad".into()),
-            FailureKind::NotFound => RegistryError::NotFound { registry, what },
-            FailureKind::Unauthenticated => RegistryError::Unauthorized {
-                registry,
-                repository,
-                detail: "401".into(),
-            },
-            FailureKind::PermissionDenied => RegistryError::Forbidden {
-                registry,
-                repository,
-            },
-            FailureKind::Network => RegistryError::Status {
-                registry,
-                what,
-                status: 503,
-                attempts: 5,
-                detail: String::new(),
-            },
-            FailureKind::Integrity => RegistryError::Protocol {
-                registry,
-                what,
-                detail: "bad Content-Range".into(),
-            },
-            FailureKind::Other => RegistryError::Status {
-                registry,
-                what,
-                status: 405,
-                attempts: 1,
-                detail: String::new(),
-            },
-            _ => return None,
-        })
-    }
+    #[derive(Debug)]
+    struct Said(&'static str, Option<Box<Said>>);
 
-    fn io(kind: FailureKind) -> Option<std::io::Error> {
-        match kind {
-            FailureKind::NoSpace => Some(std::io::Error::from_raw_os_error(nix::libc::ENOSPC)),
-            FailureKind::Storage => Some(std::io::Error::from_raw_os_error(nix::libc::EROFS)),
-            _ => None,
+    impl std::fmt::Display for Said {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
         }
     }
 
-    /// Each class of failure, as every command meets it, gets the same kind and therefore
-    /// the same exit code and gRPC code: pull (init container, CSI publish and warm all run
-    /// it), inspect and push.
+    impl std::error::Error for Said {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|s| s as _)
+        }
+    }
+
     #[test]
-    fn each_class_maps_the_same_in_every_command() {
-        let digest = Digest::of_bytes(b"x");
-        for kind in FailureKind::ALL {
-            let mut seen: Vec<(&str, FailureKind)> = Vec::new();
-            if let Some(e) = registry(kind) {
-                seen.push(("pull", PullError::Registry(e).kind()));
-                seen.push((
-                    "inspect",
-                    InspectError::Registry(registry(kind).unwrap()).kind(),
-                ));
-                seen.push(("push", PushError::Registry(registry(kind).unwrap()).kind()));
-            }
-            if let Some(e) = io(kind) {
-                seen.push(("pull", PullError::Cache(CacheError::io("/c", e)).kind()));
-                seen.push((
-                    "pull (dest)",
-                    PullError::Materialize(MaterializeError::Cache(CacheError::io(
-                        "/d",
-                        io(kind).unwrap(),
-                    )))
-                    .kind(),
-                ));
-            }
-            match kind {
-                FailureKind::Input => {
-                    let artifact = || ArtifactError::Malformed { detail: "x".into() };
-                    seen.push((
-                        "pull",
-                        PullError::Artifact {
-                            reference: "r".into(),
-                            source: artifact(),
-                        }
-                        .kind(),
-                    ));
-                    seen.push((
-                        "inspect",
-                        InspectError::Artifact {
-                            reference: "r".into(),
-                            source: artifact(),
-                        }
-                        .kind(),
-                    ));
-                    seen.push((
-                        "push",
-                        PushError::Input {
-                            path: "/p".into(),
-                            detail: "x".into(),
-                        }
-                        .kind(),
-                    ));
-                }
-                FailureKind::Integrity => {
-                    seen.push((
-                        "pull",
-                        PullError::ManifestMismatch {
-                            expected: digest.clone(),
-                            actual: digest.clone(),
-                        }
-                        .kind(),
-                    ));
-                    seen.push((
-                        "inspect",
-                        InspectError::Mismatch {
-                            what: "manifest",
-                            expected: digest.clone(),
-                            actual: digest.clone(),
-                        }
-                        .kind(),
-                    ));
-                }
-                FailureKind::NotFound => seen.push((
-                    "pull --pull-policy Never",
-                    PullError::NotCached {
-                        reference: "r".into(),
-                    }
-                    .kind(),
-                )),
-                _ => {}
-            }
-            for (command, got) in &seen {
-                assert_eq!(*got, kind, "{command}");
-                assert_eq!(got.exit_code(), kind.exit_code(), "{command}");
-                assert_eq!(got.grpc_code(), kind.grpc_code(), "{command}");
-            }
-        }
+    fn render_says_each_clause_once() {
+        let chain = Said(
+            "a",
+            Some(Box::new(Said("b", Some(Box::new(Said("c", None)))))),
+        );
+        assert_eq!(render(&chain), "a: b: c");
+        // A foreign error that prints its cause itself: the cause is not said again.
+        let foreign = Said("a: b", Some(Box::new(Said("b", None))));
+        assert_eq!(render(&foreign), "a: b");
+        let silent = Said("a", Some(Box::new(Said("", None))));
+        assert_eq!(render(&silent), "a");
     }
 }

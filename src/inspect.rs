@@ -3,6 +3,7 @@
 
 use crate::artifact::{self, describe::Description, ArtifactError, Format, Parsed, Selection};
 use crate::digest::Digest;
+use crate::errors::{Classify, FailureKind};
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryError};
 use futures_util::StreamExt;
@@ -14,7 +15,7 @@ pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
 pub enum InspectError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    #[error("{reference}: {source}")]
+    #[error("{reference}")]
     Artifact {
         reference: String,
         #[source]
@@ -119,4 +120,14 @@ async fn read_config(
         });
     }
     Ok(Some(bytes))
+}
+
+impl Classify for InspectError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            InspectError::Registry(e) => e.kind(),
+            InspectError::Artifact { .. } => FailureKind::Input,
+            InspectError::Mismatch { .. } => FailureKind::Integrity,
+        }
+    }
 }

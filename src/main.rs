@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("error: {:#}", failure.error);
+            eprintln!("error: {}", tugboat::errors::render(failure.error.as_ref()));
             ExitCode::from(failure.code)
         }
     }

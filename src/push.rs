@@ -2,6 +2,7 @@
 //! artifact (one layer per file, titled by its path), enough for demos, tests and CI.
 
 use crate::digest::Digest;
+use crate::errors::{io_kind, Classify, FailureKind};
 use crate::materialize::stamp::WORK_DIR;
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryError};
@@ -17,7 +18,7 @@ const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         #[source]
@@ -217,4 +218,18 @@ fn collect_files(dir: &Path) -> Result<Vec<(SafePath, PathBuf)>, PushError> {
     }
     found.sort();
     Ok(found)
+}
+
+impl Classify for PushError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            PushError::Io { source, .. } => match io_kind(source) {
+                // A file that cannot be read is the caller's input, not our disk.
+                FailureKind::Storage => FailureKind::Input,
+                kind => kind,
+            },
+            PushError::Input { .. } => FailureKind::Input,
+            PushError::Registry(e) => e.kind(),
+        }
+    }
 }

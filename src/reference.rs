@@ -24,7 +24,7 @@ pub enum ReferenceError {
     Empty,
     #[error("reference {reference:?}: {problem}")]
     Invalid { reference: String, problem: String },
-    #[error("reference {reference:?}: {source}")]
+    #[error("reference {reference:?}")]
     Digest {
         reference: String,
         source: DigestError,

@@ -3,6 +3,7 @@
 //! interval and whenever the file changes.
 
 use crate::cache::{Cache, Lease};
+use crate::errors::{Classify, FailureKind};
 use crate::policy::{Gate, Mode, Policy};
 use crate::progress::Progress;
 use crate::pull::{pull_leased, PullError, PullPolicy, PullReport, PullRequest};
@@ -61,7 +62,7 @@ mod humantime_serde_compat {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WarmError {
-    #[error("warm list {}: {source}", path.display())]
+    #[error("warm list {}", path.display())]
     Read {
         path: PathBuf,
         #[source]
@@ -116,7 +117,7 @@ impl WarmList {
                 .parse::<Reference>()
                 .map_err(|e| WarmError::Invalid {
                     path: path.to_path_buf(),
-                    detail: e.to_string(),
+                    detail: crate::errors::render(&e),
                 })?;
         }
         Ok(list)
@@ -190,9 +191,10 @@ pub async fn warm_once(
                 status.bytes_reused = report.bytes_reused;
             }
             Err(e) => {
-                tracing::warn!(reference = %entry.reference, error = %e, "warming failed; the next pass retries");
+                let error = crate::errors::render(&e);
+                tracing::warn!(reference = %entry.reference, %error, "warming failed; the next pass retries");
                 status.state = WarmState::Failed;
-                status.error = Some(e.to_string());
+                status.error = Some(error);
                 status.kind = Some(e.kind());
             }
         }
@@ -200,7 +202,7 @@ pub async fn warm_once(
     }
     if pin {
         if let Err(e) = release_unlisted(cache, &statuses) {
-            tracing::warn!(error = %e, "cannot release the leases of models no longer warm; the next pass retries");
+            tracing::warn!(error = %crate::errors::render(&e), "cannot release the leases of models no longer warm; the next pass retries");
         }
     }
     statuses
@@ -294,6 +296,12 @@ pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
                 .ok_or_else(|| format!("{pair:?}: expected key=value"))
         })
         .collect()
+}
+
+impl Classify for WarmError {
+    fn kind(&self) -> FailureKind {
+        FailureKind::Input
+    }
 }
 
 #[cfg(test)]

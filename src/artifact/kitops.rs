@@ -7,7 +7,7 @@
 //! lists variants of one model (q4_0, q8_0...): `variants` reads them, `choose` picks one.
 
 use super::manifest::{Descriptor, Manifest};
-use super::{annotated_path, modelpack, Action, ArtifactError, Kind, PlanEntry, Unpack};
+use super::{annotated_path, kitfile, modelpack, Action, ArtifactError, Kind, PlanEntry, Unpack};
 use crate::safe_path::SafePath;
 use std::collections::BTreeMap;
 
@@ -20,7 +20,6 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.kitops.modelkit.config.v1+json";
 pub const ARTIFACT_TYPE: &str = "application/vnd.kitops.modelkit.manifest.v1+json";
 pub const LAYER_PREFIX: &str = "application/vnd.kitops.modelkit.";
-pub const KITFILE: &str = "Kitfile";
 
 pub fn detect(manifest: &Manifest) -> bool {
     manifest.config.media_type == CONFIG_MEDIA_TYPE
@@ -60,7 +59,7 @@ pub fn plan(manifest: &Manifest) -> Result<Vec<PlanEntry>, ArtifactError> {
         entries.push(PlanEntry {
             blob: manifest.config.clone(),
             action: Action::Kitfile {
-                path: SafePath::new(KITFILE).expect("constant is safe"),
+                path: SafePath::new(kitfile::FILE_NAME).expect("constant is safe"),
             },
             kind: Some(Kind::Config),
         });

@@ -140,7 +140,7 @@ impl Plan {
 pub enum ArtifactError {
     #[error("malformed manifest: {detail}")]
     Malformed { detail: String },
-    #[error("annotation {annotation} names an unsafe path: {source}")]
+    #[error("annotation {annotation} names an unsafe path")]
     UnsafeName {
         annotation: &'static str,
         #[source]

@@ -10,7 +10,7 @@
 //! `Kitfile`, as `kit unpack` does.
 
 use super::manifest::Manifest;
-use super::{annotated_path, kitops, oras, Action, ArtifactError, Kind, ManifestKitfile};
+use super::{annotated_path, kitfile, oras, Action, ArtifactError, Kind, ManifestKitfile};
 use super::{PlanEntry, Unpack};
 use crate::safe_path::SafePath;
 
@@ -32,7 +32,7 @@ pub const KITFILE_ANNOTATION: &str = "ml.kitops.modelkit.kitfile";
 pub fn manifest_kitfile(manifest: &Manifest) -> Option<ManifestKitfile> {
     let json = manifest.annotations.get(KITFILE_ANNOTATION)?;
     (!json.trim().is_empty()).then(|| ManifestKitfile {
-        path: SafePath::new(kitops::KITFILE).expect("constant is safe"),
+        path: SafePath::new(kitfile::FILE_NAME).expect("constant is safe"),
         json: json.clone(),
     })
 }

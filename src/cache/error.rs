@@ -1,11 +1,12 @@
 //! Errors of the on-node cache.
 
 use crate::digest::Digest;
+use crate::errors::{io_kind, Classify, FailureKind};
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("{}: {source}{}", path.display(), hint(source))]
+    #[error("{}{}", path.display(), hint(source))]
     Io {
         path: PathBuf,
         #[source]
@@ -43,11 +44,23 @@ impl CacheError {
 fn hint(error: &std::io::Error) -> &'static str {
     match error.raw_os_error() {
         Some(code) if code == nix::libc::ENOSPC => {
-            " (the filesystem is full: free space or point --cache at a larger volume)"
+            " (the filesystem is full; free space or point --cache at a larger volume)"
         }
         Some(code) if code == nix::libc::EACCES || code == nix::libc::EROFS => {
-            " (no write access: check the volume mount and the user tugboat runs as)"
+            " (no write access; check the volume mount and the user tugboat runs as)"
         }
         _ => "",
+    }
+}
+
+impl Classify for CacheError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            CacheError::Io { source, .. } => io_kind(source),
+            CacheError::DigestMismatch { .. } | CacheError::SizeMismatch { .. } => {
+                FailureKind::Integrity
+            }
+            CacheError::Corrupt { .. } => FailureKind::Storage,
+        }
     }
 }

@@ -186,8 +186,12 @@ fn reference(volume_id: &str, context: &HashMap<String, String>) -> Result<Refer
             )))
         }
     };
-    text.parse::<Reference>()
-        .map_err(|e| Status::invalid_argument(format!("{REFERENCE} {text:?}: {e}")))
+    text.parse::<Reference>().map_err(|e| {
+        Status::invalid_argument(format!(
+            "{REFERENCE} {text:?}: {}",
+            crate::errors::render(&e)
+        ))
+    })
 }
 
 fn capability_mode(capability: &VolumeCapability) -> Result<Mode, Status> {

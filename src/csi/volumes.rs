@@ -550,8 +550,8 @@ pub fn real_path(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-fn internal(error: impl std::fmt::Display) -> Status {
-    Status::internal(error.to_string())
+fn internal(error: impl std::error::Error) -> Status {
+    Status::internal(crate::errors::render(&error))
 }
 
 fn internal_io(error: std::io::Error) -> Status {

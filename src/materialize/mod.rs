@@ -12,6 +12,7 @@ pub mod stream;
 
 use crate::artifact::Plan;
 use crate::cache::{remove_tree, CacheError, SnapshotFile};
+use crate::errors::{Classify, FailureKind};
 use crate::safe_path::SafePath;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -170,4 +171,17 @@ pub fn planned_paths(plan: &Plan) -> Vec<&SafePath> {
         .iter()
         .filter_map(|e| e.declared_path())
         .collect()
+}
+
+impl Classify for MaterializeError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            MaterializeError::Cache(e) => e.kind(),
+            MaterializeError::Destination { .. } => FailureKind::Storage,
+            MaterializeError::UnsafeEntry { .. }
+            | MaterializeError::DuplicatePath { .. }
+            | MaterializeError::Limit { .. }
+            | MaterializeError::Archive { .. } => FailureKind::Input,
+        }
+    }
 }

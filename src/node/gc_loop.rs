@@ -50,7 +50,9 @@ impl GcLoop {
                 self.metrics.record_gc(&report);
                 self.metrics.record_inventory(&inventory);
             }
-            Err(e) => tracing::error!(error = %e, "garbage collection failed; retrying next pass"),
+            Err(e) => {
+                tracing::error!(error = %crate::errors::render(&e), "garbage collection failed; retrying next pass")
+            }
         }
     }
 }

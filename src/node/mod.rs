@@ -16,6 +16,7 @@ use crate::cache::{Cache, CacheError};
 use crate::csi::proto::identity_server::IdentityServer;
 use crate::csi::proto::node_server::NodeServer;
 use crate::csi::{IdentityService, NodeService, Volumes};
+use crate::errors::{io_kind, Classify, FailureKind};
 use crate::metrics::Metrics;
 use crate::registry::{RegistryClient, RegistryOptions};
 use std::collections::BTreeMap;
@@ -56,7 +57,7 @@ pub enum NodeError {
     Endpoint(String),
     #[error("--node-id is required (Kubernetes: the node name from the downward API)")]
     NodeId,
-    #[error("CSI socket {}: {source}", path.display())]
+    #[error("CSI socket {}", path.display())]
     Socket {
         path: PathBuf,
         #[source]
@@ -64,15 +65,15 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Cache(#[from] CacheError),
-    #[error("serving gRPC: {0}")]
+    #[error("serving gRPC")]
     Serve(#[from] tonic::transport::Error),
-    #[error("--http-addr {addr}: {source}")]
+    #[error("--http-addr {addr}")]
     Http {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("registry options: {0}")]
+    #[error("registry options")]
     Registry(#[from] crate::registry::RegistryError),
 }
 
@@ -194,5 +195,17 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight calls"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: finishing in-flight calls"),
+    }
+}
+
+impl Classify for NodeError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            NodeError::Endpoint(_) | NodeError::NodeId => FailureKind::Input,
+            NodeError::Socket { source, .. } => io_kind(source),
+            NodeError::Cache(e) => e.kind(),
+            NodeError::Registry(e) => e.kind(),
+            NodeError::Serve(_) | NodeError::Http { .. } => FailureKind::Other,
+        }
     }
 }

@@ -51,7 +51,9 @@ pub fn reconcile(volumes: &Volumes) -> Reconciled {
         tracing::warn!(target = %target.display(), snapshot = %lease.snapshot, "lease without its mount; dropping it");
         match cache.drop_lease(&lease.snapshot, &lease.holder) {
             Ok(_) => outcome.dropped += 1,
-            Err(e) => tracing::error!(error = %e, "cannot drop the stale lease; leaving it"),
+            Err(e) => {
+                tracing::error!(error = %crate::errors::render(&e), "cannot drop the stale lease; leaving it")
+            }
         }
     }
     for entry in &table {

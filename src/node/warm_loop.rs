@@ -54,7 +54,7 @@ impl WarmLoop {
                         self.pass(&list).await;
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "warm list unusable; keeping the previous state")
+                        tracing::error!(error = %crate::errors::render(&e), "warm list unusable; keeping the previous state")
                     }
                 }
                 next_pass = Instant::now() + interval;

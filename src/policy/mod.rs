@@ -17,6 +17,7 @@ pub mod signatures;
 
 use crate::artifact::Manifest;
 use crate::digest::Digest;
+use crate::errors::{Classify, FailureKind};
 use crate::reference::Reference;
 use crate::registry::RegistryError;
 use std::path::{Path, PathBuf};
@@ -95,7 +96,7 @@ pub enum PolicyError {
         reference: String,
         detail: String,
     },
-    #[error("signature policy: reading signatures of {reference}: {source}")]
+    #[error("signature policy: reading signatures of {reference}")]
     SignatureFetch {
         reference: String,
         #[source]
@@ -195,7 +196,7 @@ impl Policy {
                     }
                     Err(e) => {
                         metrics::refused(Reason::NotAllowed);
-                        tracing::warn!(%reference, namespace = label, mode = mode.name(), error = %e, "access policy: refused");
+                        tracing::warn!(%reference, namespace = label, mode = mode.name(), error = %crate::errors::render(e), "access policy: refused");
                     }
                 }
                 Some(grant?)
@@ -375,6 +376,17 @@ impl Gate {
             reference: reference.to_string(),
             reason,
             detail,
+        }
+    }
+}
+
+impl Classify for PolicyError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            PolicyError::Load { .. } => FailureKind::Input,
+            PolicyError::Denied { .. } => FailureKind::PermissionDenied,
+            PolicyError::Signature { .. } => FailureKind::Signature,
+            PolicyError::SignatureFetch { source, .. } => source.kind(),
         }
     }
 }

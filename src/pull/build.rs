@@ -161,7 +161,7 @@ async fn fetch_ahead(
         tap: None,
     };
     if let Err(e) = download_with_resume(source, registry, blob, &mut writer, feed).await {
-        tracing::debug!(digest = %blob.digest, error = %e, "fetching ahead stopped; the layer's turn resumes it");
+        tracing::debug!(digest = %blob.digest, error = %crate::errors::render(&e), "fetching ahead stopped; the layer's turn resumes it");
     }
     writer.abandon_keeping_partial().await;
     fetched

@@ -4,6 +4,7 @@
 use crate::artifact::ArtifactError;
 use crate::cache::CacheError;
 use crate::digest::Digest;
+use crate::errors::Classify;
 use crate::materialize::MaterializeError;
 use crate::policy::PolicyError;
 use crate::registry::RegistryError;
@@ -13,7 +14,7 @@ use std::path::PathBuf;
 pub enum PullError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    #[error("{reference}: {source}")]
+    #[error("{reference}")]
     Artifact {
         reference: String,
         #[source]
@@ -45,7 +46,7 @@ pub enum PullError {
     },
     #[error("give --dest DIR (where the model goes) and/or --cache DIR (the node cache)")]
     NoTarget,
-    #[error("{reference} is private in the node cache, and the registry did not confirm that these credentials may read it: {source}")]
+    #[error("{reference} is private in the node cache, and the registry did not confirm that these credentials may read it")]
     PrivateDenied {
         reference: String,
         #[source]
@@ -63,5 +64,29 @@ impl PullError {
     /// This failure's kind (see [`crate::errors`]): its exit code and gRPC code.
     pub fn kind(&self) -> FailureKind {
         <Self as crate::errors::Classify>::kind(self)
+    }
+}
+
+impl Classify for PullError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            PullError::Registry(e) => e.kind(),
+            PullError::Artifact { .. } | PullError::NoTarget => FailureKind::Input,
+            PullError::Cache(e) => e.kind(),
+            PullError::Materialize(e) => e.kind(),
+            PullError::ManifestMismatch { .. } | PullError::Truncated { .. } => {
+                FailureKind::Integrity
+            }
+            PullError::NotCached { .. } => FailureKind::NotFound,
+            PullError::NoSpace { .. } => FailureKind::NoSpace,
+            // The cache's access rule refused a private model to these credentials (an
+            // access-policy denial), unless the registry could not be asked at all.
+            PullError::PrivateDenied { source, .. } => match source.kind() {
+                kind if kind.is_refusal() => FailureKind::PermissionDenied,
+                kind => kind,
+            },
+            PullError::PrivateOffline { .. } => FailureKind::PermissionDenied,
+            PullError::Policy(e) => e.kind(),
+        }
     }
 }

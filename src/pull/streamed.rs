@@ -382,7 +382,7 @@ async fn settle(
         Err(refused) => {
             partial.discard().await;
             if resumed {
-                tracing::warn!(digest = %blob.digest, error = %refused, "a resumed layer did not unpack; fetching it again from the start");
+                tracing::warn!(digest = %blob.digest, error = %crate::errors::render(&refused), "a resumed layer did not unpack; fetching it again from the start");
                 return Ok(Layer::Again);
             }
             return Err(refused.into());

@@ -7,6 +7,7 @@
 use super::credentials::Credentials;
 use super::endpoint::Endpoint;
 use super::error::RegistryError;
+use super::guard::RedirectGuard;
 use base64::Engine as _;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -44,12 +45,12 @@ pub struct Authorizer {
     pub token_requests: std::sync::atomic::AtomicU64,
     /// With a guard, the token realm a registry names is judged like a redirect before the
     /// token exchange connects to it.
-    realm_guard: Option<super::RedirectGuard>,
+    realm_guard: Option<RedirectGuard>,
 }
 
 impl Authorizer {
     /// An authorizer that judges token realms with `guard`, if any.
-    pub fn with_realm_guard(guard: Option<super::RedirectGuard>) -> Self {
+    pub fn with_realm_guard(guard: Option<RedirectGuard>) -> Self {
         Authorizer {
             realm_guard: guard,
             ..Default::default()
@@ -330,7 +331,7 @@ fn network(endpoint: &Endpoint, what: &str, error: &reqwest::Error) -> RegistryE
         registry: endpoint.host.clone(),
         what: what.to_string(),
         attempts: 1,
-        detail: super::client::describe_reqwest_error(error),
+        detail: crate::errors::render(error),
     }
 }
 

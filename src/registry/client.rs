@@ -5,6 +5,7 @@
 use super::auth::Authorizer;
 use super::endpoint::{Endpoint, EndpointPolicy};
 use super::error::RegistryError;
+use super::guard::RedirectGuard;
 use super::retry::RetryPolicy;
 use crate::digest::Digest;
 use crate::reference::Reference;
@@ -41,19 +42,6 @@ pub struct RegistryOptions {
     /// Judges every redirect target and token realm before it is contacted (the node policy's
     /// host rules).
     pub redirect_guard: Option<RedirectGuard>,
-}
-
-/// Judges one redirect target: `Err(why)` stops the request.
-pub type RedirectCheck = dyn Fn(&url::Url) -> Result<(), String> + Send + Sync;
-
-/// A check on redirect targets, shared by the client's connections.
-#[derive(Clone)]
-pub struct RedirectGuard(pub std::sync::Arc<RedirectCheck>);
-
-impl std::fmt::Debug for RedirectGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RedirectGuard")
-    }
 }
 
 /// Raw manifest bytes as served.
@@ -408,7 +396,7 @@ impl RegistryClient {
                         registry: registry.clone(),
                         what: what.clone(),
                         attempts: 1,
-                        detail: describe_reqwest_error(&e),
+                        detail: crate::errors::render(&e),
                     });
                 Ok((resumed, content_length, stream))
             }
@@ -645,7 +633,7 @@ impl RegistryClient {
                     return Err(RegistryError::RedirectRefused {
                         registry: endpoint.host.clone(),
                         what: what.to_string(),
-                        detail: describe_reqwest_error(&e),
+                        detail: crate::errors::render(&e),
                     });
                 }
                 Err(e) => {
@@ -653,7 +641,7 @@ impl RegistryClient {
                         registry: endpoint.host.clone(),
                         what: what.to_string(),
                         attempts: attempt,
-                        detail: describe_reqwest_error(&e),
+                        detail: crate::errors::render(&e),
                     };
                     match backoff.next_delay(None) {
                         Some(delay) => {
@@ -826,7 +814,7 @@ async fn read_limited(
             registry: endpoint.host.clone(),
             what: what.to_string(),
             attempts: 1,
-            detail: describe_reqwest_error(&e),
+            detail: crate::errors::render(&e),
         })?;
         if buffer.len() + chunk.len() > limit {
             return Err(too_big());
@@ -834,16 +822,4 @@ async fn read_limited(
         buffer.extend_from_slice(&chunk);
     }
     Ok(Bytes::from(buffer))
-}
-
-/// reqwest's Display hides the cause; walk the chain for something a person can act on.
-pub fn describe_reqwest_error(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

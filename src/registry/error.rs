@@ -2,6 +2,8 @@
 
 /// What went wrong talking to a registry, classified so callers can choose exit codes and
 /// retries without parsing messages. Messages never carry credentials.
+use crate::errors::{Classify, FailureKind};
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("{registry}: authentication failed for {repository} ({detail}); check the credentials in --docker-config / $DOCKER_CONFIG or the pull secret for this registry")]
@@ -69,5 +71,21 @@ impl RegistryError {
                 | RegistryError::NotFound { .. }
                 | RegistryError::RedirectRefused { .. }
         )
+    }
+}
+
+impl Classify for RegistryError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            RegistryError::Unauthorized { .. } => FailureKind::Unauthenticated,
+            RegistryError::Forbidden { .. } => FailureKind::PermissionDenied,
+            RegistryError::NotFound { .. } => FailureKind::NotFound,
+            RegistryError::Network { .. } => FailureKind::Network,
+            RegistryError::Status { .. } if self.is_transient() => FailureKind::Network,
+            RegistryError::Status { .. } => FailureKind::Other,
+            RegistryError::Protocol { .. } => FailureKind::Integrity,
+            RegistryError::Config(_) => FailureKind::Input,
+            RegistryError::RedirectRefused { .. } => FailureKind::PermissionDenied,
+        }
     }
 }

@@ -7,16 +7,17 @@ mod client;
 pub mod credentials;
 pub mod endpoint;
 mod error;
+mod guard;
 mod retry;
 mod tls;
 mod transfer;
 
 pub use client::{
-    BlobBody, FetchedManifest, RedirectGuard, RegistryClient, RegistryOptions, MANIFEST_ACCEPT,
-    MAX_MANIFEST_BYTES,
+    BlobBody, FetchedManifest, RegistryClient, RegistryOptions, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES,
 };
 pub use credentials::{CredentialStore, Credentials};
 pub use endpoint::EndpointPolicy;
 pub use error::RegistryError;
+pub use guard::RedirectGuard;
 pub use retry::{Backoff, RetryPolicy};
 pub use transfer::{TransferOptions, DEFAULT_MAX_REQUESTS};

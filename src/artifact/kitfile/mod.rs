@@ -25,6 +25,10 @@ mod tests;
 
 use serde_json::{Map, Value};
 
+/// The file name `kit unpack` writes the Kitfile under, at the model's root (a ModelKit's config,
+/// a ModelPack `kit pack` built carries it in an annotation).
+pub const FILE_NAME: &str = "Kitfile";
+
 type Object = Map<String, Value>;
 type Entries = Vec<(String, Node)>;
 
