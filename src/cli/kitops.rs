@@ -142,6 +142,13 @@ pub async fn run(args: KitopsInitArgs) -> Result<(), Failure> {
     let prepared = Prepared::new(&reference, policy, required, registry)?;
 
     if kit_filter::names_entries(&filters) {
+        if options.pull_policy == tugboat::pull::PullPolicy::Never {
+            return Err(input(
+                "a filter naming Kitfile entries (TYPES:NAMES) reads the Kitfile from the \
+                 registry, which --pull-policy Never forbids: filter by type only"
+                    .to_string(),
+            ));
+        }
         prepared
             .gate
             .before_contact(&reference)
