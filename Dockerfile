@@ -26,9 +26,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # ---- runtime: the binary, exactly the libraries it links, a CA bundle, /tmp -----------------
 # No shell, no package manager, no base image to pull (distroless-like, without gcr.io). It
 # runs as root by default, which the node plugin needs; init containers set runAsUser 65532
-# (`nonroot` in /etc/passwd) in their securityContext.
+# (`nonroot` in /etc/passwd) in their securityContext. No CMD: started without arguments and
+# with MODELKIT_REF set it unpacks that ModelKit (KitOps' init-container contract), otherwise
+# it prints its usage and exits 2.
 FROM scratch AS runtime
 COPY --from=build /out/rootfs/ /
 ENV PATH=/usr/local/bin
 ENTRYPOINT ["/usr/local/bin/tugboat"]
-CMD ["--help"]

@@ -112,7 +112,7 @@ make_archive() {
         aarch64) arch=arm64 ;;
         *) arch="$(uname -m)" ;;
     esac
-    printf '{"architecture":"%s","os":"linux","created":"%s","config":{"User":"0","Env":["PATH=/usr/local/bin"],"Entrypoint":["/usr/local/bin/tugboat"],"Cmd":["--help"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created":"%s","created_by":"scripts/build-image.sh"}]}' \
+    printf '{"architecture":"%s","os":"linux","created":"%s","config":{"User":"0","Env":["PATH=/usr/local/bin"],"Entrypoint":["/usr/local/bin/tugboat"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created":"%s","created_by":"scripts/build-image.sh"}]}' \
         "$arch" "$created" "$diff_id" "$created" >"$work/config.json"
     local config config_size
     read -r config config_size < <(store_blob "$work/config.json" "$layout")

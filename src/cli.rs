@@ -2,6 +2,7 @@
 
 mod cache;
 mod formats;
+mod kitops;
 mod node;
 mod warm;
 
@@ -32,6 +33,10 @@ pub struct PolicyArgs {
 }
 
 impl PolicyArgs {
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.policy.as_deref()
+    }
+
     pub fn load(&self) -> Result<Option<std::sync::Arc<Policy>>, Failure> {
         self.policy
             .as_deref()
@@ -76,9 +81,24 @@ enum Command {
     #[command(
         after_help = "Examples:\n  tugboat pull harbor.example.com/ml-models/tinyllama:v1.0.0-gguf --dest /models\n  \
 tugboat pull registry.local:5000/m/tiny@sha256:<hex> --dest /models --cache /var/lib/tugboat --plain-http\n  \
-tugboat pull REF --dest /models --pull-policy Never   # fail unless cached"
+tugboat pull REF --dest /models --pull-policy Never   # fail unless cached\n  \
+tugboat pull --cache=/var/lib/tugboat tugboat://harbor.example.com/ml-models/qwen:v1 /mnt/models\n                                  \
+# as KServe's ClusterStorageContainer runs it: storageUri and /mnt/models appended"
     )]
     Pull(PullArgs),
+    /// Unpack a ModelKit as KitOps' init container does, configured by its environment
+    /// variables (MODELKIT_REF, UNPACK_PATH, UNPACK_FILTER, EXTRA_FLAGS, COSIGN_KEY). The image
+    /// runs this when started without arguments and MODELKIT_REF is set, so a KitOps
+    /// init-container spec works with only its image swapped.
+    #[command(
+        name = "kitops-init",
+        after_help = "Example (KitOps' init-container spec, image swapped, no command or args):\n  \
+MODELKIT_REF=jozu.ml/jozu/llama3-8b:8B-instruct-q4_0 UNPACK_PATH=/modelkit UNPACK_FILTER=model tugboat\n\n\
+Not supported, refused with what to use instead: keyless verification (COSIGN_CERT_IDENTITY,\n\
+COSIGN_CERT_OIDC_ISSUER), COSIGN_KEY as a URL or KMS URI, kit flags in EXTRA_FLAGS other than\n\
+-d/--dir, -f/--filter, -o/--overwrite, -i/--ignore-existing, --plain-http, --tls-verify, -v."
+    )]
+    KitopsInit(kitops::KitopsInitArgs),
     /// Push a directory as an ORAS-style artifact (one layer per file, titled by its path).
     #[command(
         after_help = "Example:\n  tugboat push ./tinyllama harbor.example.com/ml-models/tinyllama:v1 --annotation org.cnai.model.name=tinyllama"
@@ -110,11 +130,23 @@ tugboat inspect REF --only weights --json"
 
 #[derive(Args)]
 struct PullArgs {
-    /// The model: registry[:port]/repository[:tag][@sha256:digest].
+    /// The model: registry[:port]/repository[:tag][@sha256:digest], also written as a URI:
+    /// oci://..., tugboat://... (a KServe storageUri), kit://...
     reference: String,
+    /// Where to place the model's files: the same as --dest (KServe's storage-initializer
+    /// contract appends `storageUri /mnt/models`).
+    #[arg(value_name = "DEST")]
+    dest_dir: Option<PathBuf>,
     /// Directory the model's files are placed in (created if missing).
     #[arg(long, env = "TUGBOAT_DEST")]
     dest: Option<PathBuf>,
+    #[command(flatten)]
+    options: PullOptions,
+}
+
+/// What a pull does besides naming the model and where it goes (shared with `kitops-init`).
+#[derive(Args)]
+struct PullOptions {
     /// The shared content-addressed cache (e.g. a hostPath). Without it, DEST/.tugboat holds the
     /// download state and a stamp that lets a re-run skip the pull.
     #[arg(long, env = "TUGBOAT_CACHE")]
@@ -218,6 +250,17 @@ struct RegistryArgs {
     /// (default: $DOCKER_CONFIG/config.json, then ~/.docker/config.json).
     #[arg(long, value_name = "FILE", env = "TUGBOAT_DOCKER_CONFIG")]
     docker_config: Option<PathBuf>,
+    /// The content of a Docker config.json / .dockerconfigjson, for a pull secret read into the
+    /// environment (`valueFrom.secretKeyRef`, key .dockerconfigjson) where no volume can be
+    /// mounted; its registries take precedence over --docker-config's. Set the variable, not the
+    /// flag: a flag's value is visible in the process list.
+    #[arg(
+        long,
+        value_name = "JSON",
+        env = "TUGBOAT_DOCKER_CONFIG_JSON",
+        hide_env_values = true
+    )]
+    docker_config_json: Option<String>,
     /// HOST=MIRROR: try MIRROR (e.g. Dragonfly's dfdaemon, a pull-through cache) before HOST;
     /// falls back to HOST if the mirror fails. Repeatable.
     #[arg(
@@ -264,8 +307,21 @@ impl RegistryArgs {
             .map(|m| EndpointPolicy::parse_mirror(m))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Failure::new(FailureKind::Input, e.into()))?;
-        let credentials = CredentialStore::load(self.docker_config.as_deref())
+        let mut credentials = CredentialStore::load(self.docker_config.as_deref())
             .map_err(|e| Failure::new(FailureKind::Input, e.into()))?;
+        if let Some(json) = self.docker_config_json.as_deref().map(str::trim) {
+            if !json.is_empty() {
+                // The parser's messages name positions, never the secret's content.
+                let inline =
+                    CredentialStore::from_docker_config_json(json.as_bytes()).map_err(|e| {
+                        Failure::new(
+                            FailureKind::Input,
+                            anyhow::anyhow!("TUGBOAT_DOCKER_CONFIG_JSON: {e}"),
+                        )
+                    })?;
+                credentials.merge(inline);
+            }
+        }
         Ok(RegistryOptions {
             endpoints: EndpointPolicy {
                 plain_http: self.plain_http,
@@ -319,6 +375,20 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+/// The arguments for clap: `kitops-init` put in front when no subcommand is given and
+/// MODELKIT_REF is set, as KitOps' init-container specs start the image without arguments.
+pub fn argv() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let has_subcommand = args
+        .iter()
+        .skip(1)
+        .any(|a| !a.to_string_lossy().starts_with('-'));
+    if !has_subcommand && std::env::var_os("MODELKIT_REF").is_some() {
+        args.insert(1.min(args.len()), "kitops-init".into());
+    }
+    args
+}
+
 pub fn init_logging(cli: &Cli) {
     // On a terminal the progress bars tell the story; logs stay quiet unless asked.
     let default = if std::io::stderr().is_terminal() {
@@ -343,6 +413,7 @@ pub fn init_logging(cli: &Cli) {
 pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Pull(args) => pull(args).await,
+        Command::KitopsInit(args) => kitops::run(args).await,
         Command::Push(args) => push(args).await,
         Command::Inspect(args) => formats::inspect(args).await,
         Command::Node(args) => node::run(args).await,
@@ -361,65 +432,115 @@ fn parse_reference(text: &str) -> Result<Reference, Failure> {
 }
 
 async fn pull(args: PullArgs) -> Result<(), Failure> {
+    let dest = match (args.dest_dir, args.dest) {
+        (Some(positional), Some(flag)) if positional != flag => {
+            return Err(Failure::new(
+                FailureKind::Input,
+                anyhow::anyhow!(
+                    "the destination is given twice, as DEST {} and as --dest/TUGBOAT_DEST {}; \
+                     give it once",
+                    positional.display(),
+                    flag.display()
+                ),
+            ))
+        }
+        (positional, flag) => positional.or(flag),
+    };
     let reference = parse_reference(&args.reference)?;
-    let policy = args.policy.load()?;
-    let gate = match &policy {
-        Some(policy) => policy
-            .admit(&reference, None, Mode::Pull, None)
-            .map_err(Failure::classified)?,
-        None => Gate::open(),
-    };
-    let mut options = args.registry.options()?;
-    if !gate.node_credentials() {
-        options.credentials = Default::default();
+    let options = args.options;
+    let prepared = Prepared::new(
+        &reference,
+        options.policy.load()?,
+        None,
+        options.registry.options()?,
+    )?;
+    let layout = options.limits.layout(&options.select)?;
+    prepared.pull(reference, dest, layout, &options).await
+}
+
+/// A pull admitted by the policy, with the registry client it may use.
+struct Prepared {
+    gate: Gate,
+    client: RegistryClient,
+}
+
+impl Prepared {
+    /// Judges `reference` by `policy` (adding the signature rule `required`, if given) and
+    /// builds the client the gate allows.
+    fn new(
+        reference: &Reference,
+        policy: Option<std::sync::Arc<Policy>>,
+        required: Option<&str>,
+        mut registry: RegistryOptions,
+    ) -> Result<Prepared, Failure> {
+        let gate = match &policy {
+            Some(policy) => policy
+                .admit(reference, None, Mode::Pull, required)
+                .map_err(Failure::classified)?,
+            None => Gate::open(),
+        };
+        if !gate.node_credentials() {
+            registry.credentials = Default::default();
+        }
+        registry.redirect_guard = policy.as_ref().and_then(|p| p.redirect_guard());
+        let client = RegistryClient::new(registry).map_err(Failure::classified)?;
+        Ok(Prepared { gate, client })
     }
-    options.redirect_guard = policy.as_ref().and_then(|p| p.redirect_guard());
-    let client = RegistryClient::new(options).map_err(Failure::classified)?;
-    let request = PullRequest {
-        reference,
-        dest: args.dest,
-        cache: args.cache,
-        policy: args.pull_policy,
-        verify: args.verify,
-        concurrency: args.concurrency,
-        format: args.format.forced(),
-        layout: args.limits.layout(&args.select)?,
-        dest_link: args.link,
-    };
-    let progress = Progress::for_terminal(args.json);
-    let report = tugboat::pull::pull_gated(&request, &client, &progress, &gate)
-        .await
-        .map_err(Failure::classified)?;
-    if let (Some(max_size), Some(snapshot)) = (args.cache_max_size, &report.snapshot) {
-        collect_after_pull(snapshot, max_size)?;
+
+    /// Runs the pull and prints its report.
+    async fn pull(
+        &self,
+        reference: Reference,
+        dest: Option<PathBuf>,
+        layout: tugboat::pull::Layout,
+        options: &PullOptions,
+    ) -> Result<(), Failure> {
+        let request = PullRequest {
+            reference,
+            dest,
+            cache: options.cache.clone(),
+            policy: options.pull_policy,
+            verify: options.verify,
+            concurrency: options.concurrency,
+            format: options.format.forced(),
+            layout,
+            dest_link: options.link,
+        };
+        let progress = Progress::for_terminal(options.json);
+        let report = tugboat::pull::pull_gated(&request, &self.client, &progress, &self.gate)
+            .await
+            .map_err(Failure::classified)?;
+        if let (Some(max_size), Some(snapshot)) = (options.cache_max_size, &report.snapshot) {
+            collect_after_pull(snapshot, max_size)?;
+        }
+        if options.json {
+            println!(
+                "{}",
+                serde_json::to_string(&report).context("serialising the report")?
+            );
+        } else {
+            let size: u64 = report.files.iter().map(|f| f.size).sum();
+            let place = report
+                .dest
+                .as_ref()
+                .or(report.snapshot.as_ref())
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            println!(
+                "{} {} ({}) -> {}: {} file(s), {}, fetched {}, reused {}, {:.2}s",
+                if report.cache_hit { "cached" } else { "pulled" },
+                report.reference,
+                report.digest,
+                place,
+                report.files.len(),
+                human_bytes(size),
+                human_bytes(report.bytes_fetched),
+                human_bytes(report.bytes_reused),
+                report.seconds
+            );
+        }
+        Ok(())
     }
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).context("serialising the report")?
-        );
-    } else {
-        let size: u64 = report.files.iter().map(|f| f.size).sum();
-        let place = report
-            .dest
-            .as_ref()
-            .or(report.snapshot.as_ref())
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        println!(
-            "{} {} ({}) -> {}: {} file(s), {}, fetched {}, reused {}, {:.2}s",
-            if report.cache_hit { "cached" } else { "pulled" },
-            report.reference,
-            report.digest,
-            place,
-            report.files.len(),
-            human_bytes(size),
-            human_bytes(report.bytes_fetched),
-            human_bytes(report.bytes_reused),
-            report.seconds
-        );
-    }
-    Ok(())
 }
 
 /// Keeps a shared cache under `max_size` after a pull, sparing the model just pulled.

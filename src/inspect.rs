@@ -46,6 +46,36 @@ pub async fn inspect(
     format: Option<Format>,
     selection: &Selection,
 ) -> Result<Inspection, InspectError> {
+    let fetched = manifest_and_config(registry, reference).await?;
+    let plan = artifact::plan_selected(&fetched.manifest, format, selection).map_err(|source| {
+        InspectError::Artifact {
+            reference: reference.to_string(),
+            source,
+        }
+    })?;
+    let description =
+        artifact::describe::describe(&fetched.manifest, fetched.config.as_deref(), &plan);
+    Ok(Inspection {
+        reference: reference.to_string(),
+        digest: fetched.digest,
+        description,
+    })
+}
+
+/// A manifest as the registry serves it, verified against its digest.
+pub struct Fetched {
+    /// The manifest's digest (the one an index led to, when the reference named an index).
+    pub digest: Digest,
+    pub manifest: artifact::Manifest,
+    /// The config blob's bytes; `None` when it is empty or implausibly large.
+    pub config: Option<Vec<u8>>,
+}
+
+/// Reads the manifest (following an index to its first manifest) and its config blob.
+pub async fn manifest_and_config(
+    registry: &RegistryClient,
+    reference: &Reference,
+) -> Result<Fetched, InspectError> {
     let artifact_error = |source| InspectError::Artifact {
         reference: reference.to_string(),
         source,
@@ -77,14 +107,11 @@ pub async fn inspect(
                 target = reference.with_digest(chosen.digest.clone());
             }
             Parsed::Manifest(manifest) => {
-                let plan = artifact::plan_selected(&manifest, format, selection)
-                    .map_err(artifact_error)?;
                 let config = read_config(registry, reference, &manifest.config).await?;
-                let description = artifact::describe::describe(&manifest, config.as_deref(), &plan);
-                return Ok(Inspection {
-                    reference: reference.to_string(),
+                return Ok(Fetched {
                     digest,
-                    description,
+                    manifest: *manifest,
+                    config,
                 });
             }
         }

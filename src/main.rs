@@ -7,7 +7,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_from(cli::argv());
     // `--check-args`: the flags and TUGBOAT_* variables parsed, nothing runs
     // (tests/manifests.rs checks every manifest this way).
     if cli.check_args {

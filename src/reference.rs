@@ -1,5 +1,10 @@
 //! Image references: `registry[:port]/repo[:tag][@sha256:...]` parsing, validation and
-//! Docker Hub normalisation. Everything that names a model goes through here first.
+//! Docker Hub normalisation. Everything that names a model goes through here first; a URI
+//! scheme in front (`oci://`, `tugboat://`, `kit://`) is read by `scheme`.
+
+mod scheme;
+
+pub use scheme::ACCEPTED as ACCEPTED_SCHEMES;
 
 use crate::digest::{Digest, DigestError};
 use std::fmt;
@@ -24,6 +29,12 @@ pub enum ReferenceError {
     Empty,
     #[error("reference {reference:?}: {problem}")]
     Invalid { reference: String, problem: String },
+    #[error("reference {reference:?}: tugboat does not fetch {scheme}:// URIs: {advice}")]
+    Scheme {
+        reference: String,
+        scheme: String,
+        advice: String,
+    },
     #[error("reference {reference:?}")]
     Digest {
         reference: String,
@@ -97,16 +108,25 @@ impl FromStr for Reference {
         if input.len() > 4096 {
             return Err(invalid("longer than 4096 characters"));
         }
-        if input.contains("://") {
+        let whole = input;
+        let input = scheme::strip(whole).map_err(|refusal| ReferenceError::Scheme {
+            reference: whole.to_string(),
+            scheme: refusal.scheme,
+            advice: refusal.advice,
+        })?;
+        if input.is_empty() {
             return Err(invalid(
-                "write the reference without a scheme (host/repo:tag); use --plain-http for http registries",
+                "nothing follows the scheme: expected registry/repository[:tag]",
             ));
+        }
+        if input.contains("://") {
+            return Err(invalid("write one scheme at most (oci://host/repo:tag)"));
         }
 
         let (rest, digest) = match input.split_once('@') {
             Some((rest, digest)) => {
                 let digest = digest.parse().map_err(|source| ReferenceError::Digest {
-                    reference: input.to_string(),
+                    reference: whole.to_string(),
                     source,
                 })?;
                 (rest, Some(digest))
@@ -287,6 +307,25 @@ mod tests {
         assert_eq!(r.api_host(), "registry-1.docker.io");
         assert_eq!(parse("index.docker.io/org/m:1").repository(), "org/m");
         assert_eq!(parse("org/m:1").to_string(), "docker.io/org/m:1");
+    }
+
+    #[test]
+    fn scheme_prefixes_name_the_same_reference() {
+        let plain = parse("harbor.example.com/ml-models/tinyllama:v1");
+        for prefix in ["oci://", "tugboat://", "kit://"] {
+            let r = parse(&format!(
+                "{prefix}harbor.example.com/ml-models/tinyllama:v1"
+            ));
+            assert_eq!(r, plain);
+            assert_eq!(r.to_string(), "harbor.example.com/ml-models/tinyllama:v1");
+        }
+        assert_eq!(parse("oci://ubuntu").repository(), "library/ubuntu");
+        for bad in ["oci://", "oci://oci://h/r", "tugboat://https://h/r"] {
+            assert!(bad.parse::<Reference>().is_err(), "{bad:?}");
+        }
+        let hf = "hf://Qwen/Qwen2.5-0.5B".parse::<Reference>().unwrap_err();
+        assert!(matches!(&hf, ReferenceError::Scheme { scheme, .. } if scheme == "hf"));
+        assert!(hf.to_string().contains("does not fetch hf:// URIs"), "{hf}");
     }
 
     #[test]

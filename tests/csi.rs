@@ -790,3 +790,70 @@ async fn probe_reports_and_socket_permissions() {
         .into_inner();
     assert_eq!(info.name, "models.example.com");
 }
+
+/// KServe-style and OCI-style prefixes where a CSI volume names its model: an inline volume's
+/// `volumeAttributes.reference` and a static PV's `volumeHandle` (no attributes). Both name the
+/// same cached model as the plain reference: one download.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prefixed_references_in_volume_attributes_and_pv_handles() {
+    if !can_mount() {
+        return;
+    }
+    let reg = Registry::start();
+    let ws = Workspace::new();
+    let (reference, files) = push_model(
+        &reg,
+        ws.dir.path(),
+        "models/prefixed:v1",
+        &[("model.gguf", MIB)],
+        &[],
+    );
+    let daemon = Daemon::start(&ws, &[]);
+    let (mut identity, mut node) = daemon.clients().await;
+    wait_probe_ready(&mut identity).await;
+
+    let inline = ws.target("pod-inline");
+    node.node_publish_volume(publish_request(
+        "vol-inline",
+        &inline,
+        &format!("oci://{reference}"),
+    ))
+    .await
+    .unwrap();
+    assert_model_at(&inline, &files);
+
+    let pv = ws.target("pod-pv");
+    let handle = format!("tugboat://{reference}");
+    let mut request = publish_request(&handle, &pv, "");
+    request.volume_context.clear();
+    node.node_publish_volume(request).await.unwrap();
+    assert_model_at(&pv, &files);
+    assert_eq!(
+        reg.blob_get_count(&files[0].2),
+        1,
+        "one download for both spellings"
+    );
+
+    // A scheme tugboat does not fetch is INVALID_ARGUMENT with what to use instead.
+    let refused = node
+        .node_publish_volume(publish_request(
+            "vol-hf",
+            &ws.target("pod-hf"),
+            "hf://Qwen/Qwen2.5-0.5B",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("kit import"),
+        "{}",
+        refused.message()
+    );
+
+    for (volume, target) in [("vol-inline", &inline), (handle.as_str(), &pv)] {
+        node.node_unpublish_volume(unpublish_request(volume, target))
+            .await
+            .unwrap();
+    }
+    assert!(ws.mounts().is_empty(), "{:?}", ws.mounts());
+}

@@ -95,6 +95,11 @@ fn reference_errors() -> Vec<ReferenceError> {
             reference: "r.example/m@sha256:xyz".into(),
             source,
         }),
+        Scheme => [ReferenceError::Scheme {
+            reference: "hf://org/model".into(),
+            scheme: "hf".into(),
+            advice: "push the model to an OCI registry and use oci://REGISTRY/REPO:TAG".into(),
+        }],
     })
 }
 

@@ -325,21 +325,44 @@ fn env_vars_in_help(bin: &Path, sub: &[String]) -> BTreeSet<String> {
     let help = String::from_utf8_lossy(&out.stdout).replace('\n', " ");
     help.split("[env: ")
         .skip(1)
-        .filter_map(|rest| rest.split('=').next())
+        // `NAME=value]`, or `NAME]` for a variable whose value help hides
+        .filter_map(|rest| rest.split(['=', ']']).next())
         .map(|s| s.trim().to_string())
         .collect()
 }
 
-/// Every tugboat container in manifests/ parses with `bin`: flags, values and env.
+/// Every tugboat container in manifests/ parses with `bin`: flags, values and env, and so do
+/// the containers KServe builds from the ClusterStorageContainers.
 fn check_invocations_with(bin: &Path) {
-    let docs = docs();
+    let mut docs = docs();
     // the DaemonSet's node plugin and the init containers of examples 1, 2, 5 and 6
     let found = invocations(&docs).len();
     assert!(
         found >= 6,
         "expected the node plugin and the init containers, found {found}"
     );
+    let injected = kserve_built(&docs);
+    assert!(
+        injected.len() >= 2,
+        "the KServe pod and LocalModelCache Job"
+    );
+    docs.extend(injected);
     check_invocations_in(bin, &docs);
+}
+
+/// The subcommand a container runs: its argv's, or `kitops-init` for a container started
+/// without arguments with MODELKIT_REF set (KitOps' init-container contract).
+fn effective_subcommand(inv: &Invocation) -> Vec<String> {
+    let sub = subcommand(&inv.argv);
+    if sub.is_empty()
+        && inv
+            .env
+            .iter()
+            .any(|(k, v)| k == "MODELKIT_REF" && !v.is_empty())
+    {
+        return vec!["kitops-init".to_string()];
+    }
+    sub
 }
 
 fn check_invocations_in(bin: &Path, docs: &[Doc]) {
@@ -349,7 +372,7 @@ fn check_invocations_in(bin: &Path, docs: &[Doc]) {
         "no `tugboat node` container in manifests/"
     );
     for inv in &invs {
-        let sub = subcommand(&inv.argv);
+        let sub = effective_subcommand(inv);
         assert!(
             !sub.is_empty(),
             "{}: no tugboat subcommand in {:?}",
@@ -424,6 +447,14 @@ fn kubernetes_validate(files: &[PathBuf], version: Option<&str>) -> (bool, Strin
     (out.status.success(), report)
 }
 
+/// Kinds the Kubernetes schemas do not know (custom resources), checked by their own tests.
+const CUSTOM_KINDS: [&str; 4] = [
+    "PodMonitor",
+    "ClusterStorageContainer",
+    "InferenceService",
+    "LocalModelCache",
+];
+
 #[test]
 fn every_manifest_is_valid_against_the_kubernetes_schemas() {
     let files: Vec<PathBuf> = yaml_files(&manifests_dir())
@@ -444,16 +475,22 @@ fn every_manifest_is_valid_against_the_kubernetes_schemas() {
             .filter(|l| l.starts_with("INFO") && l.contains(" passed "))
             .count();
         for line in report.lines().filter(|l| l.starts_with("WARN")) {
-            // Only the Prometheus Operator's PodMonitor has no schema in the package; it is
-            // checked field by field in `metrics_scrape_finds_the_node_plugin`.
+            // Only custom resources have no schema in the package: the Prometheus Operator's
+            // PodMonitor (checked field by field in `metrics_scrape_finds_the_node_plugin`) and
+            // KServe's (checked in `kserve_objects_fit_kserve_and_the_pods_it_builds_validate`).
             assert!(
-                line.contains("kind PodMonitor"),
+                CUSTOM_KINDS
+                    .iter()
+                    .any(|k| line.contains(&format!("kind {k}"))),
                 "kubernetes-validate {version:?}: {line}"
             );
         }
-        let podmonitors = docs().iter().filter(|d| kind(d) == "PodMonitor").count();
+        let custom = docs()
+            .iter()
+            .filter(|d| CUSTOM_KINDS.contains(&kind(d)))
+            .count();
         assert_eq!(
-            passed + podmonitors,
+            passed + custom,
             objects,
             "not every object was validated:\n{report}"
         );
@@ -671,7 +708,9 @@ fn sidecar_flag<'a>(container: &'a Value, flag: &str) -> Option<&'a str> {
 
 #[test]
 fn paths_ports_and_sockets_fit_the_pods_around_tugboat() {
-    let docs = docs();
+    let mut docs = docs();
+    let injected = kserve_built(&docs);
+    docs.extend(injected);
     let mut warm_lists = 0;
     let mut policies = 0;
     for pod in pod_specs(&docs) {
@@ -712,7 +751,7 @@ fn paths_ports_and_sockets_fit_the_pods_around_tugboat() {
         for c in containers(spec).filter(|c| is_tugboat(c)) {
             let inv = invocation(&pod.at, c);
             let at = &inv.at;
-            let sub = subcommand(&inv.argv);
+            let sub = effective_subcommand(&inv);
             // Every path tugboat is given lies on a volume of the pod.
             let path_options = [
                 ("--dest", "TUGBOAT_DEST"),
@@ -721,18 +760,38 @@ fn paths_ports_and_sockets_fit_the_pods_around_tugboat() {
                 ("--policy", "TUGBOAT_POLICY"),
                 ("--docker-config", "TUGBOAT_DOCKER_CONFIG"),
                 ("--ca-file", "TUGBOAT_CA_FILE"),
+                ("--unpack-path", "UNPACK_PATH"),
+                ("--cosign-key", "COSIGN_KEY"),
             ];
-            for (flag, var) in path_options {
-                let Some(path) = option(&inv, flag, var) else {
-                    continue;
-                };
+            let mut given: Vec<(&str, String)> = path_options
+                .iter()
+                .filter_map(|(flag, var)| option(&inv, flag, var).map(|p| (*flag, p)))
+                .collect();
+            // `pull REF DEST`: the destination KServe appends.
+            if sub == ["pull"] {
+                if let Some(dest) = positionals(&inv.argv).get(1) {
+                    given.push(("--dest", dest.clone()));
+                }
+            }
+            if sub == ["kitops-init"] && option(&inv, "--unpack-path", "UNPACK_PATH").is_none() {
+                given.push(("--unpack-path", "/home/user/modelkit/".to_string()));
+            }
+            for (flag, path) in given {
                 assert!(path.starts_with('/'), "{at}: {flag} {path} is not absolute");
                 let (mount, volume) = mount_for(spec, c, &path)
                     .unwrap_or_else(|| panic!("{at}: {flag} {path} is on no volumeMount"));
                 let read_only = get(mount, &["readOnly"]).and_then(Value::as_bool) == Some(true);
                 match flag {
-                    "--dest" | "--cache" => {
+                    "--dest" | "--cache" | "--unpack-path" => {
                         assert!(!read_only, "{at}: {flag} {path} is mounted read-only")
+                    }
+                    "--cosign-key" => {
+                        let pem = projected_file(&docs, at, mount, volume, &path);
+                        let dir = tempfile::tempdir().unwrap();
+                        let file = dir.path().join("cosign.pub");
+                        std::fs::write(&file, pem).unwrap();
+                        tugboat::policy::signatures::keys::Key::load(&file)
+                            .unwrap_or_else(|e| panic!("{at}: COSIGN_KEY {path}: {e}"));
                     }
                     "--warm-config" => {
                         let yaml = projected_file(&docs, at, mount, volume, &path);
@@ -772,10 +831,17 @@ fn paths_ports_and_sockets_fit_the_pods_around_tugboat() {
             // References and mirrors parse as tugboat parses them.
             if sub == ["pull"] {
                 let refs = positionals(&inv.argv);
-                assert_eq!(refs.len(), 1, "{at}: pull takes one reference: {refs:?}");
+                assert!(
+                    (1..=2).contains(&refs.len()),
+                    "{at}: pull takes a reference and at most a destination: {refs:?}"
+                );
                 refs[0]
                     .parse::<tugboat::reference::Reference>()
                     .unwrap_or_else(|e| panic!("{at}: {}: {e}", refs[0]));
+            }
+            if let Some(r) = option(&inv, "--modelkit-ref", "MODELKIT_REF") {
+                r.parse::<tugboat::reference::Reference>()
+                    .unwrap_or_else(|e| panic!("{at}: MODELKIT_REF {r}: {e}"));
             }
             if let Some(m) = option(&inv, "--mirror", "TUGBOAT_MIRROR") {
                 tugboat::registry::EndpointPolicy::parse_mirror(&m)
@@ -1444,7 +1510,10 @@ fn examples_are_admissible_under_restricted_pod_security_and_fit_a_small_node() 
     let docs = docs();
     let examples: Vec<Doc> = docs
         .into_iter()
-        .filter(|d| d.file.starts_with("manifests/examples/"))
+        .filter(|d| {
+            d.file.starts_with("manifests/examples/")
+                || d.file.starts_with("manifests/integrations/kitops/")
+        })
         .collect();
     let pods = pod_specs(&examples);
     assert!(pods.len() >= 7, "every example's pods: {}", pods.len());
@@ -1572,6 +1641,396 @@ fn components_render_over_the_base_and_their_settings_are_accepted() {
                 Some(true)
             );
             assert!(get(volume, &["configMap", "name"]).is_some());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// KServe and KitOps (manifests/integrations/): tugboat where users already are
+
+/// The fields of KServe's CRDs these manifests use (KServe's `serving.kserve.io_*.yaml`
+/// schemas): an unknown key is refused as `kubectl apply` with validation would refuse it.
+fn unknown_keys(at: &str, value: &Value, allowed: &[&str]) {
+    let mapping = value
+        .as_mapping()
+        .unwrap_or_else(|| panic!("{at}: not a mapping"));
+    for key in mapping.keys() {
+        let key = key
+            .as_str()
+            .unwrap_or_else(|| panic!("{at}: a key is not a string"));
+        assert!(
+            allowed.contains(&key),
+            "{at}: {key:?} is not a field KServe's schema has here (it has {allowed:?})"
+        );
+    }
+}
+
+/// KServe's default ClusterStorageContainer's formats (config/storagecontainers/default.yaml):
+/// a tugboat storageUri must match none of them, or KServe's own initializer could take it.
+fn matched_by_kserve_default(uri: &str) -> bool {
+    ["gs://", "s3://", "hdfs://", "hf://", "modelscope://", "webhdfs://"]
+        .iter()
+        .any(|p| uri.starts_with(p))
+        // its regexes are unanchored: any http(s):// inside matches
+        || uri.contains("http://")
+        || uri.contains("https://")
+}
+
+fn kserve_storage_containers(docs: &[Doc]) -> Vec<&Doc> {
+    docs.iter()
+        .filter(|d| kind(d) == "ClusterStorageContainer")
+        .collect()
+}
+
+/// The ClusterStorageContainer KServe picks for `uri` and `workload`: the first enabled one
+/// whose supportedUriFormats prefix matches (tugboat's use prefixes only).
+fn storage_container_for<'a>(docs: &'a [Doc], uri: &str, workload: &str) -> Option<&'a Doc> {
+    kserve_storage_containers(docs).into_iter().find(|d| {
+        get(&d.value, &["disabled"]).and_then(Value::as_bool) != Some(true)
+            && text(&d.value, &["spec", "workloadType"]).unwrap_or("initContainer") == workload
+            && seq(&d.value, &["spec", "supportedUriFormats"])
+                .iter()
+                .any(|f| text(f, &["prefix"]).is_some_and(|p| uri.starts_with(p)))
+    })
+}
+
+fn to_json(v: &Value) -> serde_json::Value {
+    serde_json::to_value(v).unwrap()
+}
+
+fn to_yaml(v: serde_json::Value) -> Value {
+    serde_yaml_ng::to_value(v).unwrap()
+}
+
+/// What KServe builds from the InferenceServices and LocalModelCaches here, as its code builds
+/// it: the predictor pod (storage-initializer = the matching ClusterStorageContainer's
+/// container, `storageUri /mnt/models` appended, the `kserve-provision-location` emptyDir at
+/// /mnt/models, KServe's HF_* variables added after the container's own), and the LocalModel
+/// node agent's download Job (args replaced by `sourceModelUri /mnt/models`, volume mounts by
+/// the node's model PVC at /mnt/models).
+fn kserve_built(docs: &[Doc]) -> Vec<Doc> {
+    let mut out = Vec::new();
+    for isvc in docs.iter().filter(|d| kind(d) == "InferenceService") {
+        let at = format!("{} InferenceService/{}", isvc.file, name(&isvc.value));
+        let predictor = get(&isvc.value, &["spec", "predictor"]).expect("spec.predictor");
+        let model = get(predictor, &["model"]).expect("spec.predictor.model");
+        let uri = text(model, &["storageUri"]).expect("storageUri");
+        let csc = storage_container_for(docs, uri, "initContainer")
+            .unwrap_or_else(|| panic!("{at}: no ClusterStorageContainer takes {uri}"));
+        let mut init = to_json(get(&csc.value, &["spec", "container"]).unwrap());
+        init["args"] = serde_json::json!([uri, "/mnt/models"]);
+        init["terminationMessagePolicy"] = "FallbackToLogsOnError".into();
+        let mounts = init["volumeMounts"].as_array_mut().map(std::mem::take);
+        let mut mounts = mounts.unwrap_or_default();
+        mounts.push(
+            serde_json::json!({"name": "kserve-provision-location", "mountPath": "/mnt/models"}),
+        );
+        init["volumeMounts"] = mounts.into();
+        let mut env = init["env"].as_array().cloned().unwrap_or_default();
+        for (k, v) in [
+            ("HF_HUB_ENABLE_HF_TRANSFER", "1"),
+            ("HF_XET_HIGH_PERFORMANCE", "1"),
+            ("HF_XET_NUM_CONCURRENT_RANGE_GETS", "8"),
+        ] {
+            if !env.iter().any(|e| e["name"] == k) {
+                env.push(serde_json::json!({"name": k, "value": v}));
+            }
+        }
+        init["env"] = env.into();
+        let mut volumes = get(predictor, &["volumes"])
+            .map(to_json)
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default();
+        volumes.push(serde_json::json!({"name": "kserve-provision-location", "emptyDir": {}}));
+        let mut server = serde_json::json!({
+            "name": "kserve-container",
+            "image": "kserve/huggingfaceserver:latest",
+            "volumeMounts": [{"name": "kserve-provision-location", "mountPath": "/mnt/models", "readOnly": true}],
+        });
+        for key in ["args", "resources", "env"] {
+            if let Some(v) = get(model, &[key]) {
+                server[key] = to_json(v);
+            }
+        }
+        let pod = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": format!("{}-predictor", name(&isvc.value)),
+                "namespace": text(&isvc.value, &["metadata", "namespace"]).unwrap_or("default"),
+            },
+            "spec": {
+                "initContainers": [init],
+                "containers": [server],
+                "volumes": volumes,
+            }
+        });
+        out.push(Doc {
+            file: format!("{} (the pod KServe's injector builds)", isvc.file),
+            value: to_yaml(pod),
+        });
+    }
+    for cache in docs.iter().filter(|d| kind(d) == "LocalModelCache") {
+        let at = format!("{} LocalModelCache/{}", cache.file, name(&cache.value));
+        let uri = text(&cache.value, &["spec", "sourceModelUri"]).expect("sourceModelUri");
+        let group = seq(&cache.value, &["spec", "nodeGroups"])[0]
+            .as_str()
+            .unwrap();
+        let csc = storage_container_for(docs, uri, "localModelDownloadJob")
+            .unwrap_or_else(|| panic!("{at}: no localModelDownloadJob container takes {uri}"));
+        let mut container = to_json(get(&csc.value, &["spec", "container"]).unwrap());
+        // GetStorageKey: the first 16 hex digits of the URI's SHA-256.
+        let key = &sha256_of_text(uri)[..16];
+        container["args"] = serde_json::json!([uri, "/mnt/models"]);
+        container["volumeMounts"] = serde_json::json!([{
+            "name": "kserve-pvc-source", "mountPath": "/mnt/models", "readOnly": false,
+            "subPath": format!("models/{key}")
+        }]);
+        container["terminationMessagePolicy"] = "FallbackToLogsOnError".into();
+        let job = serde_json::json!({
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            // generateName in KServe; the schema check needs the name it gets
+            "metadata": {"name": format!("{}-node-a-x7k2p", name(&cache.value)), "namespace": "kserve-localmodel-jobs"},
+            "spec": {
+                "ttlSecondsAfterFinished": 3600,
+                "template": {"spec": {
+                    "nodeSelector": {"kubernetes.io/hostname": "node-a"},
+                    "containers": [container],
+                    "restartPolicy": "Never",
+                    "securityContext": {"fsGroup": 1000},
+                    "volumes": [{"name": "kserve-pvc-source", "persistentVolumeClaim": {
+                        "claimName": format!("{}-{group}", name(&cache.value))}}],
+                }}
+            }
+        });
+        out.push(Doc {
+            file: format!("{} (the Job KServe's LocalModel agent builds)", cache.file),
+            value: to_yaml(job),
+        });
+    }
+    out
+}
+
+fn sha256_of_text(text: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+#[test]
+fn kserve_objects_fit_kserve_and_the_pods_it_builds_validate() {
+    let docs = docs();
+    let cscs = kserve_storage_containers(&docs);
+    let workloads: BTreeSet<&str> = cscs
+        .iter()
+        .map(|d| text(&d.value, &["spec", "workloadType"]).unwrap_or("initContainer"))
+        .collect();
+    assert_eq!(
+        workloads,
+        BTreeSet::from(["initContainer", "localModelDownloadJob"]),
+        "a ClusterStorageContainer for each KServe workload"
+    );
+    for csc in &cscs {
+        let at = format!("{} ClusterStorageContainer/{}", csc.file, name(&csc.value));
+        let v = &csc.value;
+        assert_eq!(
+            text(v, &["apiVersion"]),
+            Some("serving.kserve.io/v1alpha1"),
+            "{at}"
+        );
+        unknown_keys(
+            &at,
+            v,
+            &["apiVersion", "kind", "metadata", "spec", "disabled"],
+        );
+        let spec = get(v, &["spec"]).unwrap();
+        unknown_keys(
+            &at,
+            spec,
+            &[
+                "container",
+                "supportedUriFormats",
+                "workloadType",
+                "supportsMultiModelDownload",
+            ],
+        );
+        let container = get(spec, &["container"]).expect("spec.container is required");
+        assert!(
+            text(container, &["name"]).is_some(),
+            "{at}: container.name is required"
+        );
+        assert!(is_tugboat(container), "{at}: not the tugboat image");
+        // KServe appends (initContainer) or sets (localModelDownloadJob) the args: a
+        // container's own args would replace `storageUri /mnt/models` or be dropped.
+        assert!(
+            get(container, &["args"]).is_none(),
+            "{at}: set command, not args"
+        );
+        let formats = seq(spec, &["supportedUriFormats"]);
+        assert!(!formats.is_empty(), "{at}: supportedUriFormats is required");
+        for f in formats {
+            unknown_keys(&at, f, &["prefix", "regex"]);
+            let prefix = text(f, &["prefix"]).expect("tugboat's formats are prefixes");
+            let scheme = prefix.strip_suffix("://").expect("a scheme prefix");
+            assert!(
+                tugboat::reference::ACCEPTED_SCHEMES.contains(&scheme),
+                "{at}: tugboat does not accept {prefix}"
+            );
+            // oci:// goes to KServe's Modelcar handling first, oci+NAME:// is read as one of
+            // KServe's OCI modes: either would never reach this container reliably.
+            assert!(
+                scheme != "oci" && !scheme.starts_with("oci+"),
+                "{at}: {prefix} is taken by KServe's own OCI handling"
+            );
+            assert!(!matched_by_kserve_default(prefix), "{at}: {prefix}");
+        }
+        if let Some(multi) = get(spec, &["supportsMultiModelDownload"]) {
+            assert_eq!(
+                multi.as_bool(),
+                Some(false),
+                "{at}: tugboat pulls one model per run"
+            );
+        }
+    }
+
+    for isvc in docs.iter().filter(|d| kind(d) == "InferenceService") {
+        let at = format!("{} InferenceService/{}", isvc.file, name(&isvc.value));
+        assert_eq!(
+            text(&isvc.value, &["apiVersion"]),
+            Some("serving.kserve.io/v1beta1")
+        );
+        unknown_keys(
+            &at,
+            &isvc.value,
+            &["apiVersion", "kind", "metadata", "spec"],
+        );
+        let predictor = get(&isvc.value, &["spec", "predictor"]).unwrap();
+        let model = get(predictor, &["model"]).unwrap();
+        assert!(
+            text(model, &["modelFormat", "name"]).is_some(),
+            "{at}: modelFormat.name"
+        );
+        let uri = text(model, &["storageUri"]).unwrap();
+        uri.parse::<tugboat::reference::Reference>()
+            .unwrap_or_else(|e| panic!("{at}: storageUri {uri}: {e}"));
+        assert!(!matched_by_kserve_default(uri), "{at}: {uri}");
+        // The volume the storage container mounts is the pod's (a container cannot add one).
+        let csc = storage_container_for(&docs, uri, "initContainer").unwrap();
+        for m in seq(&csc.value, &["spec", "container", "volumeMounts"]) {
+            let volume = text(m, &["name"]).unwrap();
+            assert!(
+                seq(predictor, &["volumes"])
+                    .iter()
+                    .any(|v| text(v, &["name"]) == Some(volume)),
+                "{at}: the storage container mounts {volume}, which the predictor does not declare"
+            );
+        }
+        let ns = text(&isvc.value, &["metadata", "namespace"]).unwrap();
+        let namespace = find(&docs, "Namespace", ns).expect("its Namespace");
+        assert_eq!(
+            text(
+                &namespace.value,
+                &["metadata", "labels", "pod-security.kubernetes.io/enforce"]
+            ),
+            Some("privileged"),
+            "{at}: a hostPath node cache needs a namespace that admits it"
+        );
+        let secret =
+            find(&docs, "Secret", "tugboat-registry-credentials").expect("the pull secret");
+        assert_eq!(
+            text(&secret.value, &["type"]),
+            Some("kubernetes.io/dockerconfigjson")
+        );
+    }
+    for cache in docs.iter().filter(|d| kind(d) == "LocalModelCache") {
+        let at = format!("{} LocalModelCache/{}", cache.file, name(&cache.value));
+        unknown_keys(
+            &at,
+            &cache.value,
+            &["apiVersion", "kind", "metadata", "spec"],
+        );
+        let spec = get(&cache.value, &["spec"]).unwrap();
+        unknown_keys(
+            &at,
+            spec,
+            &[
+                "sourceModelUri",
+                "modelSize",
+                "nodeGroups",
+                "serviceAccountName",
+                "storage",
+            ],
+        );
+        for required in ["sourceModelUri", "modelSize", "nodeGroups"] {
+            assert!(
+                get(spec, &[required]).is_some(),
+                "{at}: {required} is required"
+            );
+        }
+    }
+
+    // What KServe builds from them validates against the Kubernetes schemas.
+    let built = kserve_built(&docs);
+    assert_eq!(built.len(), 2, "one predictor pod, one download Job");
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (i, doc) in built.iter().enumerate() {
+        let file = dir.path().join(format!("built-{i}.yaml"));
+        std::fs::write(&file, serde_yaml_ng::to_string(&doc.value).unwrap()).unwrap();
+        files.push(file);
+    }
+    for version in [Some("1.29.0"), None] {
+        let (ok, report) = kubernetes_validate(&files, version);
+        assert!(
+            ok,
+            "what KServe builds does not validate ({version:?}):\n{report}"
+        );
+        assert!(!report.contains("WARN"), "{report}");
+    }
+    // The storage initializer runs `tugboat pull ... tugboat://REF /mnt/models`.
+    let pod = &built[0];
+    let inv = invocation(&pod.file, &seq(&pod.value, &["spec", "initContainers"])[0]);
+    assert_eq!(subcommand(&inv.argv), ["pull"]);
+    let positional = positionals(&inv.argv);
+    assert_eq!(positional.len(), 2, "{:?}", inv.argv);
+    assert!(positional[0].starts_with("tugboat://") && positional[1] == "/mnt/models");
+}
+
+#[test]
+fn the_kitops_swap_changes_only_the_image() {
+    let docs = docs();
+    let kitops: Vec<Doc> = docs
+        .into_iter()
+        .filter(|d| d.file.starts_with("manifests/integrations/kitops/"))
+        .collect();
+    let invs = invocations(&kitops);
+    assert!(
+        !invs.is_empty(),
+        "no tugboat container in manifests/integrations/kitops/"
+    );
+    // kitops-init's variables (build/dockerfiles/init/entrypoint.sh in kitops-ml/kitops).
+    const KITOPS: [&str; 7] = [
+        "MODELKIT_REF",
+        "UNPACK_PATH",
+        "UNPACK_FILTER",
+        "EXTRA_FLAGS",
+        "COSIGN_KEY",
+        "COSIGN_CERT_IDENTITY",
+        "COSIGN_CERT_OIDC_ISSUER",
+    ];
+    for inv in &invs {
+        assert!(
+            inv.argv.is_empty(),
+            "{}: a KitOps spec has no command or args",
+            inv.at
+        );
+        assert_eq!(effective_subcommand(inv), ["kitops-init"], "{}", inv.at);
+        for (key, _) in &inv.env {
+            assert!(
+                KITOPS.contains(&key.as_str()) || key.starts_with("TUGBOAT_"),
+                "{}: {key} is neither kitops-init's nor tugboat's",
+                inv.at
+            );
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod describe;
 pub mod docker;
 pub mod image;
+pub mod kit_filter;
 pub mod kitfile;
 pub mod kitops;
 pub mod manifest;
@@ -226,7 +227,9 @@ pub fn plan_selected(
     let layers = all.len();
     let (mut entries, mut skipped) = (Vec::new(), Vec::new());
     for mut entry in all {
-        let wanted = selection.wants_kind(entry.kind) && select_entry(&mut entry, selection);
+        let wanted = selection.wants_kind(entry.kind)
+            && selection.wants_layer(&entry.blob.digest.to_string())
+            && select_entry(&mut entry, selection);
         if wanted {
             entries.push(entry);
         } else {

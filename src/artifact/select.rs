@@ -1,9 +1,11 @@
 //! What part of a model the user asked for: `--subpath` (one folder, re-rooted), `--include` /
-//! `--exclude` globs over the final paths, and `--only` layer kinds (ModelPack, KitOps).
+//! `--exclude` globs over the final paths, `--only` layer kinds (ModelPack, KitOps), and a set
+//! of layers by digest (a `kit unpack --filter` naming Kitfile entries, see `kit_filter`).
 //! A glob that matches a folder selects (or drops) everything below it.
 
 use crate::safe_path::SafePath;
 use globset::{Glob, GlobSet, GlobSetBuilder};
+use std::collections::BTreeSet;
 
 /// Kinds of layers ModelPack and KitOps artifacts label their content with.
 #[derive(
@@ -54,6 +56,8 @@ pub struct Selection {
     exclude: Option<GlobSet>,
     exclude_patterns: Vec<String>,
     only: Vec<Kind>,
+    /// Only these blobs (layer or config digests, `sha256:<hex>`); `None`: any.
+    layers: Option<BTreeSet<String>>,
 }
 
 fn build(flag: &'static str, patterns: &[String]) -> Result<Option<GlobSet>, SelectionError> {
@@ -99,7 +103,15 @@ impl Selection {
             exclude: build("--exclude", exclude)?,
             exclude_patterns: exclude.to_vec(),
             only: only.to_vec(),
+            layers: None,
         })
+    }
+
+    /// The same selection restricted to the blobs `digests` names (layers, and the config for
+    /// a KitOps Kitfile).
+    pub fn with_layers(mut self, digests: BTreeSet<String>) -> Self {
+        self.layers = Some(digests);
+        self
     }
 
     /// A canonical description of a non-default selection (empty for "everything"): pulls
@@ -111,13 +123,18 @@ impl Selection {
         let mut only: Vec<&str> = self.only.iter().map(|k| k.name()).collect();
         only.sort_unstable();
         only.dedup();
-        format!(
+        let mut key = format!(
             "subpath={};include={};exclude={};only={}",
             self.subpath.as_ref().map_or("", |s| s.as_str()),
             self.include_patterns.join(","),
             self.exclude_patterns.join(","),
             only.join(",")
-        )
+        );
+        if let Some(layers) = &self.layers {
+            let layers: Vec<&str> = layers.iter().map(String::as_str).collect();
+            key.push_str(&format!(";layers={}", layers.join(",")));
+        }
+        key
     }
 
     pub fn subpath(&self) -> Option<&SafePath> {
@@ -133,6 +150,12 @@ impl Selection {
             && self.include.is_none()
             && self.exclude.is_none()
             && self.only.is_empty()
+            && self.layers.is_none()
+    }
+
+    /// Whether the blob `digest` may contribute (the layer set, when one was given).
+    pub fn wants_layer(&self, digest: &str) -> bool {
+        self.layers.as_ref().is_none_or(|set| set.contains(digest))
     }
 
     /// Whether a layer of `kind` is wanted (`--only`); layers without a kind always are.
@@ -228,6 +251,15 @@ mod tests {
         let s = Selection::new(None, &["weights/*.safetensors".into()], &[], &[]).unwrap();
         assert!(s.could_want_below(&p("weights")));
         assert!(!s.could_want_below(&p("docs")));
+    }
+
+    #[test]
+    fn a_layer_set_restricts_and_changes_the_key() {
+        let all = Selection::new(None, &[], &[], &[]).unwrap();
+        assert!(all.wants_layer("sha256:aa") && all.key().is_empty());
+        let some = all.with_layers(BTreeSet::from(["sha256:aa".to_string()]));
+        assert!(some.wants_layer("sha256:aa") && !some.wants_layer("sha256:bb"));
+        assert!(!some.is_everything() && some.key().ends_with("layers=sha256:aa"));
     }
 
     #[test]

@@ -47,13 +47,35 @@ pub struct SelectArgs {
 
 impl SelectArgs {
     pub fn selection(&self) -> Result<Selection, Failure> {
-        Selection::new(
-            self.subpath.as_deref(),
-            &self.include,
-            &self.exclude,
-            &self.only,
-        )
-        .map_err(|e| Failure::new(FailureKind::Input, e.into()))
+        self.selection_of_kinds(&self.only)
+    }
+
+    /// The selection with `kinds` where `--only` would be (chosen by KitOps' UNPACK_FILTER);
+    /// `--only` given as well is refused rather than silently overridden.
+    pub fn selection_with_kinds(
+        &self,
+        kinds: &[Kind],
+        chosen_by: &str,
+    ) -> Result<Selection, Failure> {
+        if !self.only.is_empty() {
+            return Err(Failure::new(
+                FailureKind::Input,
+                anyhow::anyhow!(
+                    "{chosen_by} chooses the layers to unpack; --only (TUGBOAT_ONLY) cannot be \
+                     combined with it: give one of them"
+                ),
+            ));
+        }
+        self.selection_of_kinds(kinds)
+    }
+
+    fn selection_of_kinds(&self, kinds: &[Kind]) -> Result<Selection, Failure> {
+        Selection::new(self.subpath.as_deref(), &self.include, &self.exclude, kinds)
+            .map_err(|e| Failure::new(FailureKind::Input, e.into()))
+    }
+
+    pub fn variant(&self) -> Option<String> {
+        self.variant.clone()
     }
 }
 
@@ -73,15 +95,20 @@ pub struct LimitArgs {
 
 impl LimitArgs {
     pub fn layout(&self, select: &SelectArgs) -> Result<Layout, Failure> {
-        Ok(Layout {
-            selection: select.selection()?,
-            variant: select.variant.clone(),
+        Ok(self.layout_with(select.selection()?, select.variant()))
+    }
+
+    /// The layout of an already-built selection.
+    pub fn layout_with(&self, selection: Selection, variant: Option<String>) -> Layout {
+        Layout {
+            selection,
+            variant,
             limits: Limits {
                 max_files: self.max_files,
                 max_expanded: self.max_expanded_size,
                 max_ratio: self.max_compression_ratio.max(1),
             },
-        })
+        }
     }
 }
 

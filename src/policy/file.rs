@@ -47,7 +47,7 @@ pub struct AccessRule {
     pub max_concurrent_pulls: Option<usize>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct SignatureSection {
     /// Requirement for references no rule matches; absent: none.

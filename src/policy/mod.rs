@@ -131,10 +131,56 @@ impl Policy {
         };
         let text = std::fs::read_to_string(path).map_err(|e| load_error(e.to_string()))?;
         let file = PolicyFile::parse(&text).map_err(load_error)?;
-        let signatures = signatures::Checker::new(&file).map_err(load_error)?;
+        Self::build(file, path)
+    }
+
+    /// The policy in `path` (without one: nothing restricted) plus a signature rule `name`
+    /// requiring a cosign signature by the public key `key`. Like a volume's
+    /// `signaturePolicy`, the rule applies where it is named when admitting (`stricter`);
+    /// it adds to the file's rules and never replaces one (KitOps' `COSIGN_KEY`).
+    pub fn with_cosign_rule(
+        path: Option<&Path>,
+        name: &str,
+        key: &Path,
+    ) -> Result<Arc<Policy>, PolicyError> {
+        let source = path.unwrap_or(key);
+        let load_error = |detail: String| PolicyError::Load {
+            path: source.to_path_buf(),
+            detail,
+        };
+        let mut file = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| load_error(e.to_string()))?;
+                PolicyFile::parse(&text).map_err(load_error)?
+            }
+            None => PolicyFile::default(),
+        };
+        let section = file.signatures.get_or_insert_with(Default::default);
+        if section.rules.iter().any(|r| r.name == name) {
+            return Err(load_error(format!(
+                "the policy already has a signature rule named {name:?}"
+            )));
+        }
+        section.rules.push(file::SignatureRule {
+            name: name.to_string(),
+            references: Vec::new(),
+            action: file::Action::Enforce,
+            cosign: Some(file::KeySet {
+                keys: vec![key.to_path_buf()],
+            }),
+            model_signing: None,
+        });
+        Self::build(file, source)
+    }
+
+    fn build(file: PolicyFile, source: &Path) -> Result<Arc<Policy>, PolicyError> {
+        let signatures = signatures::Checker::new(&file).map_err(|detail| PolicyError::Load {
+            path: source.to_path_buf(),
+            detail,
+        })?;
         Ok(Arc::new(Policy {
             file,
-            source: path.to_path_buf(),
+            source: source.to_path_buf(),
             slots: limits::Slots::default(),
             signatures,
         }))

@@ -107,6 +107,11 @@ impl CredentialStore {
         Ok(store)
     }
 
+    /// Adds `other`'s credentials, replacing this store's for the registries both name.
+    pub fn merge(&mut self, other: CredentialStore) {
+        self.by_host.extend(other.by_host);
+    }
+
     /// Adds or replaces the credentials for one registry.
     pub fn insert(&mut self, registry: &str, credentials: Credentials) {
         self.by_host.insert(normalise_host(registry), credentials);

@@ -536,6 +536,14 @@ pub fn tugboat() -> Command {
         "http_proxy",
         "https_proxy",
         "all_proxy",
+        // KitOps' init-container contract (`tugboat` without arguments reads them)
+        "MODELKIT_REF",
+        "UNPACK_PATH",
+        "UNPACK_FILTER",
+        "EXTRA_FLAGS",
+        "COSIGN_KEY",
+        "COSIGN_CERT_IDENTITY",
+        "COSIGN_CERT_OIDC_ISSUER",
     ] {
         cmd.env_remove(var);
     }
