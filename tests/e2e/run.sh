@@ -389,7 +389,7 @@ fi
 step "mirror on the node: a trusted mirror gets the origin's credentials"
 trusted_opt="$(option_of 'trusted-mirror|mirror-trust')"
 if [ -z "$trusted_opt" ]; then
-    skip "not available in this build (tugboat node --help has no trusted-mirror option)"
+    skip "not available in this build: tugboat node --help has no trusted-mirror option"
 elif [ -z "$E2E_PRIVATE_MIRROR" ] || ! $private_creds; then
     skip "set E2E_PRIVATE_MIRROR and E2E_PRIVATE_USER"
 else
@@ -423,7 +423,7 @@ echo "ok: the daemon warmed the new list: $(sys logs "$(node_pod)" -c tugboat | 
 step "node labels: the node advertises its cached models"
 advertise_opt="$(option_of 'advertis')"
 if [ -z "$advertise_opt" ]; then
-    skip "not available in this build (tugboat node --help has no --advertise option)"
+    skip "not available in this build: tugboat node --help has no --advertise option"
 else
     node="$(node_name)"
     deadline=$((SECONDS + 120))
