@@ -10,5 +10,7 @@ cd "$(dirname "$0")/.."
 
 cargo build --release --locked --bin tugboat
 mkdir -p "$out"
-install -m 0755 "${CARGO_TARGET_DIR:-target}/release/tugboat" "$out/tugboat"
+built="${CARGO_TARGET_DIR:-target}/release/tugboat"
+# OUT_DIR may be cargo's own release directory (target/release): then the binary is in place.
+[ "$built" -ef "$out/tugboat" ] || install -m 0755 "$built" "$out/tugboat"
 "$out/tugboat" --version

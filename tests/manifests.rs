@@ -992,6 +992,18 @@ fn check_node_plugin(docs: &[Doc], pod: &PodSpec<'_>, tugboat: &Value, inv: &Inv
                 text(tugboat, &["livenessProbe", "httpGet", "path"]),
                 Some("/healthz")
             );
+            // A hung plugin is restarted within a minute (tests/e2e measured 129.5 s with
+            // 5 x 20 s and the pod's 30 s grace, which a SIGSTOPped process spends unused).
+            let probe = |k: &str| get(tugboat, &["livenessProbe", k]).and_then(Value::as_i64);
+            let detect =
+                probe("periodSeconds").unwrap_or(10) * probe("failureThreshold").unwrap_or(3);
+            let grace = probe("terminationGracePeriodSeconds")
+                .or_else(|| get(spec, &["terminationGracePeriodSeconds"]).and_then(Value::as_i64))
+                .unwrap_or(30);
+            assert!(
+                probe("initialDelaySeconds").unwrap_or(0) + detect + grace <= 60,
+                "{at}: a hung plugin waits {detect} s to fail liveness and {grace} s to be killed"
+            );
             sidecars.insert("livenessprobe");
         }
     }
