@@ -134,9 +134,7 @@ impl WarmList {
                     )));
                 }
                 if !names.insert(name.as_str()) {
-                    return Err(invalid(format!(
-                        "name {name:?} is given to two entries"
-                    )));
+                    return Err(invalid(format!("name {name:?} is given to two entries")));
                 }
             }
         }

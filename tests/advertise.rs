@@ -11,7 +11,7 @@ mod common;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -37,6 +37,16 @@ struct Node {
 
 type Shared = Arc<Mutex<Node>>;
 
+/// A JSON body, as the apiserver answers.
+struct Json(Value);
+
+impl axum::response::IntoResponse for Json {
+    fn into_response(self) -> axum::response::Response {
+        let content_type = [(axum::http::header::CONTENT_TYPE, "application/json")];
+        (content_type, self.0.to_string()).into_response()
+    }
+}
+
 fn metadata(node: &Node) -> Value {
     json!({
         "apiVersion": "meta.k8s.io/v1",
@@ -49,7 +59,7 @@ fn metadata(node: &Node) -> Value {
     })
 }
 
-fn not_found(name: &str) -> (StatusCode, Json<Value>) {
+fn not_found(name: &str) -> (StatusCode, Json) {
     (
         StatusCode::NOT_FOUND,
         Json(json!({
@@ -62,7 +72,7 @@ fn not_found(name: &str) -> (StatusCode, Json<Value>) {
 async fn get_node(
     State(node): State<Shared>,
     UrlPath(name): UrlPath<String>,
-) -> (StatusCode, Json<Value>) {
+) -> (StatusCode, Json) {
     let mut node = node.lock().unwrap();
     node.requests
         .push(("GET".into(), format!("/api/v1/nodes/{name}"), Value::Null));
@@ -77,15 +87,16 @@ async fn patch_node(
     UrlPath(name): UrlPath<String>,
     headers: axum::http::HeaderMap,
     body: String,
-) -> (StatusCode, Json<Value>) {
+) -> (StatusCode, Json) {
     let mut node = node.lock().unwrap();
     let patch: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    node.requests
-        .push(("PATCH".into(), format!("/api/v1/nodes/{name}"), patch.clone()));
+    node.requests.push((
+        "PATCH".into(),
+        format!("/api/v1/nodes/{name}"),
+        patch.clone(),
+    ));
     assert_eq!(
-        headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok()),
+        headers.get("content-type").and_then(|v| v.to_str().ok()),
         Some("application/merge-patch+json"),
         "a JSON merge patch"
     );
@@ -95,8 +106,10 @@ async fn patch_node(
     if node.fail_patches {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500})),
+            Json(
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500}),
+            ),
         );
     }
     // Only metadata.labels is ever patched.
@@ -204,7 +217,10 @@ impl Daemon {
         let mut cmd = tugboat();
         cmd.arg("node")
             .arg("--csi-endpoint")
-            .arg(format!("unix://{}", work.join(format!("csi-{port}.sock")).display()))
+            .arg(format!(
+                "unix://{}",
+                work.join(format!("csi-{port}.sock")).display()
+            ))
             .args(["--node-id", NODE, "--plain-http", "--gc-interval", "3600"])
             .arg("--cache")
             .arg(cache)
@@ -248,7 +264,10 @@ impl Daemon {
             }
             thread::sleep(Duration::from_millis(100));
         }
-        panic!("timed out waiting until {what}; daemon log:\n{}", self.log());
+        panic!(
+            "timed out waiting until {what}; daemon log:\n{}",
+            self.log()
+        );
     }
 }
 
@@ -302,7 +321,14 @@ fn contains_none(have: &BTreeMap<String, String>, keys: &BTreeMap<String, String
 /// The value of the sample `name` (with its labels written out), 0 when absent.
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.split(' ').next()?.parse().ok())
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
         .unwrap_or(0.0)
 }
 
@@ -342,63 +368,108 @@ fn the_node_carries_what_its_cache_holds() {
     let daemon = Daemon::start(work, &cache, &warm, &advertise);
 
     // The warm list's model appears with its tag, digest and name labels; the stale ones go.
-    let took = daemon.wait_for("the warm model is labelled", Duration::from_secs(60), || {
-        let owned = api.owned();
-        contains_all(&owned, &labels_of(&cache, &warm_ref))
-            && owned.contains_key("name.model.tugboat.io/tiny")
-            && !owned.contains_key(&stale_digest)
-    });
-    eprintln!("warm model labelled {:.1} s after start", took.as_secs_f64());
+    let took = daemon.wait_for(
+        "the warm model is labelled",
+        Duration::from_secs(60),
+        || {
+            let owned = api.owned();
+            contains_all(&owned, &labels_of(&cache, &warm_ref))
+                && owned.contains_key("name.model.tugboat.io/tiny")
+                && !owned.contains_key(&stale_digest)
+        },
+    );
+    eprintln!(
+        "warm model labelled {:.1} s after start",
+        took.as_secs_f64()
+    );
     let labels = api.labels();
-    assert_eq!(labels.get("gpu").map(String::as_str), Some("a100"), "others' labels stay");
-    assert_eq!(labels.get("kubernetes.io/hostname").map(String::as_str), Some(NODE));
+    assert_eq!(
+        labels.get("gpu").map(String::as_str),
+        Some("a100"),
+        "others' labels stay"
+    );
+    assert_eq!(
+        labels.get("kubernetes.io/hostname").map(String::as_str),
+        Some(NODE)
+    );
     assert_eq!(api.owned().len(), 3, "{:?}", api.owned());
     assert_eq!(
         api.owned()["name.model.tugboat.io/tiny"],
         keys::digest_value(&cached_digest(&cache, &warm_ref).unwrap())
     );
     let first = api.requests();
-    assert_eq!(first[0].0, "GET", "reconciled from the Node's labels at start");
-    assert!(first.iter().filter(|r| r.0 == "GET").count() == 1, "{first:?}");
+    assert_eq!(
+        first[0].0, "GET",
+        "reconciled from the Node's labels at start"
+    );
+    assert!(
+        first.iter().filter(|r| r.0 == "GET").count() == 1,
+        "{first:?}"
+    );
 
     // A model pulled into the shared cache by another process appears.
     pull(&pulled_ref, &work.join("d1"), Some(&cache), &[]).assert_ok("pull");
     let pulled = labels_of(&cache, &pulled_ref);
-    let took = daemon.wait_for("the pulled model is labelled", Duration::from_secs(20), || {
-        contains_all(&api.owned(), &pulled)
-    });
-    eprintln!("pulled model labelled {:.1} s after the pull", took.as_secs_f64());
+    let took = daemon.wait_for(
+        "the pulled model is labelled",
+        Duration::from_secs(20),
+        || contains_all(&api.owned(), &pulled),
+    );
+    eprintln!(
+        "pulled model labelled {:.1} s after the pull",
+        took.as_secs_f64()
+    );
     assert!(took < Duration::from_secs(7), "{took:?}");
 
     // `cache gc` evicts it (the warm model is leased): its labels go, the warm model's stay.
     let mut gc = tugboat();
-    gc.args(["cache", "gc", "--max-size", "1", "--cache"]).arg(&cache);
+    gc.args(["cache", "gc", "--max-size", "1", "--cache"])
+        .arg(&cache);
     run(&mut gc, TIMEOUT).assert_ok("cache gc");
-    let took = daemon.wait_for("the evicted model's labels go", Duration::from_secs(20), || {
-        contains_none(&api.owned(), &pulled)
-    });
-    eprintln!("evicted model unlabelled {:.1} s after gc", took.as_secs_f64());
+    let took = daemon.wait_for(
+        "the evicted model's labels go",
+        Duration::from_secs(20),
+        || contains_none(&api.owned(), &pulled),
+    );
+    eprintln!(
+        "evicted model unlabelled {:.1} s after gc",
+        took.as_secs_f64()
+    );
     assert!(contains_all(&api.owned(), &labels_of(&cache, &warm_ref)));
 
     // `cache rm` likewise.
     pull(&removed_ref, &work.join("d2"), Some(&cache), &[]).assert_ok("pull");
     let removed = labels_of(&cache, &removed_ref);
-    daemon.wait_for("the third model is labelled", Duration::from_secs(20), || {
-        contains_all(&api.owned(), &removed)
-    });
+    daemon.wait_for(
+        "the third model is labelled",
+        Duration::from_secs(20),
+        || contains_all(&api.owned(), &removed),
+    );
     let mut rm = tugboat();
-    rm.args(["cache", "rm", &removed_ref, "--cache"]).arg(&cache);
+    rm.args(["cache", "rm", &removed_ref, "--cache"])
+        .arg(&cache);
     run(&mut rm, TIMEOUT).assert_ok("cache rm");
-    daemon.wait_for("the removed model's labels go", Duration::from_secs(20), || {
-        contains_none(&api.owned(), &removed)
-    });
+    daemon.wait_for(
+        "the removed model's labels go",
+        Duration::from_secs(20),
+        || contains_none(&api.owned(), &removed),
+    );
 
     // Steady state: nothing changes, nothing is sent (the next GET is ten minutes away).
     let before = api.requests().len();
     thread::sleep(Duration::from_secs(12));
-    assert_eq!(api.requests().len(), before, "{:?}", &api.requests()[before..]);
+    assert_eq!(
+        api.requests().len(),
+        before,
+        "{:?}",
+        &api.requests()[before..]
+    );
     let metrics = daemon.metrics();
-    assert_eq!(metric(&metrics, "tugboat_advertised_models"), 1.0, "{metrics}");
+    assert_eq!(
+        metric(&metrics, "tugboat_advertised_models"),
+        1.0,
+        "{metrics}"
+    );
     assert!(metric(&metrics, "tugboat_advertised_bytes") >= 256.0 * 1024.0);
     assert!(metrics.contains("tugboat_advertise_patches_total{outcome=\"applied\"}"));
     let patches = api.requests().iter().filter(|r| r.0 == "PATCH").count();
@@ -407,7 +478,10 @@ fn the_node_carries_what_its_cache_holds() {
 
     // Edited by hand while the daemon is down: corrected at start in one GET and one PATCH.
     let warm_labels = labels_of(&cache, &warm_ref);
-    let (warm_tag_key, _) = warm_labels.iter().find(|(k, _)| k.starts_with("tag.")).unwrap();
+    let (warm_tag_key, _) = warm_labels
+        .iter()
+        .find(|(k, _)| k.starts_with("tag."))
+        .unwrap();
     let warm_tag_key = warm_tag_key.clone();
     api.edit(|node| {
         node.labels.remove(&warm_tag_key);
@@ -425,7 +499,11 @@ fn the_node_carries_what_its_cache_holds() {
     });
     thread::sleep(Duration::from_secs(6));
     let after: Vec<String> = api.requests()[mark..].iter().map(|r| r.0.clone()).collect();
-    assert_eq!(after, ["GET", "PATCH"], "one read and one batched patch at start");
+    assert_eq!(
+        after,
+        ["GET", "PATCH"],
+        "one read and one batched patch at start"
+    );
     let patch = &api.requests()[mark + 1].2["metadata"]["labels"];
     assert_eq!(patch.as_object().unwrap().len(), 3, "{patch}");
 
@@ -434,14 +512,23 @@ fn the_node_carries_what_its_cache_holds() {
     api.edit(|node| node.fail_patches = true);
     pull(&pulled_ref, &work.join("d3"), Some(&cache), &[]).assert_ok("pull again");
     daemon.wait_for("a failed patch is counted", Duration::from_secs(20), || {
-        metric(&daemon.metrics(), "tugboat_advertise_patches_total{outcome=\"failed\"}") >= 1.0
+        metric(
+            &daemon.metrics(),
+            "tugboat_advertise_patches_total{outcome=\"failed\"}",
+        ) >= 1.0
     });
-    assert!(daemon.log().contains("node labels not updated"), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("node labels not updated"),
+        "{}",
+        daemon.log()
+    );
     assert!(ureq::get(&format!("{}/readyz", daemon.http)).call().is_ok());
     api.edit(|node| node.fail_patches = false);
-    daemon.wait_for("labels converge after the failure", Duration::from_secs(30), || {
-        contains_all(&api.owned(), &labels_of(&cache, &pulled_ref))
-    });
+    daemon.wait_for(
+        "labels converge after the failure",
+        Duration::from_secs(30),
+        || contains_all(&api.owned(), &labels_of(&cache, &pulled_ref)),
+    );
 }
 
 #[test]
@@ -455,8 +542,13 @@ fn the_bound_keeps_the_warm_list_and_the_most_recent() {
         .collect();
     // m0 is on the warm list; m1..m3 are pulled one after another (m3 most recently).
     for r in &refs[1..] {
-        pull(r, &work.join("d").join(r.replace(['/', ':'], "-")), Some(&cache), &[])
-            .assert_ok("pull");
+        pull(
+            r,
+            &work.join("d").join(r.replace(['/', ':'], "-")),
+            Some(&cache),
+            &[],
+        )
+        .assert_ok("pull");
         thread::sleep(Duration::from_millis(1100));
     }
     let warm = work.join("warm.yaml");
@@ -478,14 +570,29 @@ fn the_bound_keeps_the_warm_list_and_the_most_recent() {
             "2",
         ],
     );
-    daemon.wait_for("the warm model and the most recent", Duration::from_secs(60), || {
-        contains_all(&api.owned(), &labels_of(&cache, &refs[0]))
-            && contains_all(&api.owned(), &labels_of(&cache, &refs[3]))
-    });
-    assert_eq!(api.owned().len(), 4, "two models, two labels each: {:?}", api.owned());
-    daemon.wait_for("the log says models were left out", Duration::from_secs(10), || {
-        daemon.log().contains("more complete models than --advertise-max-models")
-    });
+    daemon.wait_for(
+        "the warm model and the most recent",
+        Duration::from_secs(60),
+        || {
+            contains_all(&api.owned(), &labels_of(&cache, &refs[0]))
+                && contains_all(&api.owned(), &labels_of(&cache, &refs[3]))
+        },
+    );
+    assert_eq!(
+        api.owned().len(),
+        4,
+        "two models, two labels each: {:?}",
+        api.owned()
+    );
+    daemon.wait_for(
+        "the log says models were left out",
+        Duration::from_secs(10),
+        || {
+            daemon
+                .log()
+                .contains("more complete models than --advertise-max-models")
+        },
+    );
 }
 
 #[test]
@@ -510,7 +617,12 @@ fn outside_a_cluster_it_is_off_and_says_so_once() {
         .arg(work.join("cache"));
     let out = run(&mut cmd, TIMEOUT);
     out.assert_code(2, "--advertise on outside a cluster");
-    assert!(out.stderr.contains("no in-cluster Kubernetes configuration"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("no in-cluster Kubernetes configuration"),
+        "{}",
+        out.stderr
+    );
     let mut cmd = tugboat();
     cmd.arg("node")
         .arg("--csi-endpoint")

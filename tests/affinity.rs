@@ -79,7 +79,10 @@ fn check_both(reference: &str, expected: &str) {
     let required = expressions(&docs[1], &REQUIRED);
     assert_eq!(required[0]["key"].as_str(), Some(expected));
     assert_eq!(required[0]["operator"].as_str(), Some("Exists"));
-    assert_eq!(stdout_of(&["affinity", reference, "--keys"]).trim(), expected);
+    assert_eq!(
+        stdout_of(&["affinity", reference, "--keys"]).trim(),
+        expected
+    );
 }
 
 #[test]
@@ -122,8 +125,17 @@ fn one_rule_at_a_time_and_warm_list_names() {
     let key = keys::tag_key(&reference.parse().unwrap());
     let required = documents(&stdout_of(&["affinity", reference, "--required"]));
     assert_eq!(required.len(), 1);
-    assert_eq!(expressions(&required[0], &REQUIRED)[0]["key"].as_str(), Some(key.as_str()));
-    let preferred = documents(&stdout_of(&["affinity", reference, "--preferred", "--weight", "40"]));
+    assert_eq!(
+        expressions(&required[0], &REQUIRED)[0]["key"].as_str(),
+        Some(key.as_str())
+    );
+    let preferred = documents(&stdout_of(&[
+        "affinity",
+        reference,
+        "--preferred",
+        "--weight",
+        "40",
+    ]));
     assert_eq!(preferred.len(), 1);
     assert_eq!(
         preferred[0]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]

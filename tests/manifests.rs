@@ -1623,7 +1623,10 @@ fn node_labels_need_get_and_patch_on_nodes_and_nothing_more() {
     assert_eq!(rules.len(), 1, "{sa}: {rules:?}");
     let rule = rules[0];
     assert_eq!(strings(rule, "apiGroups"), BTreeSet::from(["".to_string()]));
-    assert_eq!(strings(rule, "resources"), BTreeSet::from(["nodes".to_string()]));
+    assert_eq!(
+        strings(rule, "resources"),
+        BTreeSet::from(["nodes".to_string()])
+    );
     assert_eq!(
         strings(rule, "verbs"),
         BTreeSet::from(["get".to_string(), "patch".to_string()])
@@ -1661,14 +1664,20 @@ fn node_labels_need_get_and_patch_on_nodes_and_nothing_more() {
     let (mount, volume) = mount_for(spec, tugboat, &format!("{token_dir}/token"))
         .expect("the tugboat container mounts the ServiceAccount token");
     assert_eq!(text(mount, &["mountPath"]), Some(token_dir));
-    assert_eq!(get(mount, &["readOnly"]).and_then(Value::as_bool), Some(true));
+    assert_eq!(
+        get(mount, &["readOnly"]).and_then(Value::as_bool),
+        Some(true)
+    );
     let sources = seq(volume, &["projected", "sources"]);
     let token = sources
         .iter()
         .find_map(|s| get(s, &["serviceAccountToken"]))
         .expect("a projected serviceAccountToken");
     assert_eq!(text(token, &["path"]), Some("token"));
-    assert!(get(token, &["audience"]).is_none(), "the apiserver's audience");
+    assert!(
+        get(token, &["audience"]).is_none(),
+        "the apiserver's audience"
+    );
     assert!(sources.iter().any(|s| {
         text(s, &["configMap", "name"]) == Some("kube-root-ca.crt")
             && seq(s, &["configMap", "items"])
@@ -1694,7 +1703,10 @@ fn node_labels_need_get_and_patch_on_nodes_and_nothing_more() {
 
     // The node name comes from the downward API, and the daemon reads it.
     let inv = invocation(&pod.at, tugboat);
-    assert_ne!(option(&inv, "--advertise", "TUGBOAT_ADVERTISE").as_deref(), Some("off"));
+    assert_ne!(
+        option(&inv, "--advertise", "TUGBOAT_ADVERTISE").as_deref(),
+        Some("off")
+    );
     let node_name = seq(tugboat, &["env"])
         .iter()
         .find(|e| text(e, &["name"]) == Some("NODE_NAME"))
@@ -1705,8 +1717,15 @@ fn node_labels_need_get_and_patch_on_nodes_and_nothing_more() {
     );
     let bin = Path::new(env!("CARGO_BIN_EXE_tugboat"));
     let read = env_vars_in_help(bin, &["node".to_string()]);
-    for var in ["NODE_NAME", "TUGBOAT_ADVERTISE", "TUGBOAT_ADVERTISE_MAX_MODELS"] {
-        assert!(read.contains(var), "tugboat node does not read {var}: {read:?}");
+    for var in [
+        "NODE_NAME",
+        "TUGBOAT_ADVERTISE",
+        "TUGBOAT_ADVERTISE_MAX_MODELS",
+    ] {
+        assert!(
+            read.contains(var),
+            "tugboat node does not read {var}: {read:?}"
+        );
     }
 }
 
@@ -1719,7 +1738,10 @@ fn example_affinities_name_the_model_their_pods_mount() {
         let affinity = get(pod.spec, &["affinity", "nodeAffinity"]);
         let mut keys = Vec::new();
         if let Some(affinity) = affinity {
-            for term in seq(affinity, &["preferredDuringSchedulingIgnoredDuringExecution"]) {
+            for term in seq(
+                affinity,
+                &["preferredDuringSchedulingIgnoredDuringExecution"],
+            ) {
                 keys.extend(seq(term, &["preference", "matchExpressions"]).iter());
             }
             for term in seq(
@@ -1748,13 +1770,26 @@ fn example_affinities_name_the_model_their_pods_mount() {
             .args(["affinity", references[0], "--keys"])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let expected = String::from_utf8(out.stdout).unwrap().trim().to_string();
         for e in keys {
             assert_eq!(text(e, &["key"]), Some(expected.as_str()), "{}", pod.at);
             assert_eq!(text(e, &["operator"]), Some("Exists"), "{}", pod.at);
         }
-        let how = if get(pod.spec, &["affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution"]).is_some() {
+        let how = if get(
+            pod.spec,
+            &[
+                "affinity",
+                "nodeAffinity",
+                "requiredDuringSchedulingIgnoredDuringExecution",
+            ],
+        )
+        .is_some()
+        {
             "required"
         } else {
             "preferred"

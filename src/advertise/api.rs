@@ -182,7 +182,10 @@ mod tests {
         .with_code(403);
         let (code, text) = describe(&kube::Error::Api(Box::new(status)));
         assert_eq!(code, Some(403));
-        assert!(text.starts_with("the apiserver answered 403: nodes \"n1\" is forbidden"), "{text}");
+        assert!(
+            text.starts_with("the apiserver answered 403: nodes \"n1\" is forbidden"),
+            "{text}"
+        );
         let status = kube::core::Status::failure("", "NotFound").with_code(404);
         let (_, text) = describe(&kube::Error::Api(Box::new(status)));
         assert_eq!(text, "the apiserver answered 404: NotFound");

@@ -93,7 +93,11 @@ pub async fn start(
             };
         }
     }
-    let api = match source.config().await.and_then(|c| NodeApi::new(c, node, metrics.clone())) {
+    let api = match source
+        .config()
+        .await
+        .and_then(|c| NodeApi::new(c, node, metrics.clone()))
+    {
         Ok(api) => api,
         Err(e) if auto => return off(crate::errors::render(&e)),
         Err(e) => return Err(e),
@@ -276,6 +280,9 @@ mod tests {
         let refused = start(&settings, cache.clone(), None, metrics.clone()).await;
         assert!(matches!(refused, Err(AdvertiseError::NodeName)));
         settings.mode = Mode::Off;
-        assert!(matches!(start(&settings, cache, None, metrics).await, Ok(None)));
+        assert!(matches!(
+            start(&settings, cache, None, metrics).await,
+            Ok(None)
+        ));
     }
 }

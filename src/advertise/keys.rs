@@ -54,11 +54,7 @@ pub const DIGEST_KEY_VALUE: &str = "true";
 /// (`latest` when it names none); its digest, if any, is ignored.
 pub fn tag_key(reference: &Reference) -> String {
     let tag = reference.tag_or_latest();
-    let normalised = format!(
-        "{}/{}:{tag}",
-        reference.registry(),
-        reference.repository()
-    );
+    let normalised = format!("{}/{}:{tag}", reference.registry(), reference.repository());
     let hash = hex::encode(Sha256::digest(normalised.as_bytes()));
     let hash = &hash[..TAG_HASH_HEX];
     let segment = sanitize(reference.repository().rsplit('/').next().unwrap_or(""));
@@ -168,16 +164,17 @@ mod tests {
 
     #[test]
     fn a_tag_key_reads_as_repository_and_tag() {
-        let key = tag_key(&parse(
-            "harbor.example.com/ml-models/tinyllama:v1.0.0-gguf",
-        ));
+        let key = tag_key(&parse("harbor.example.com/ml-models/tinyllama:v1.0.0-gguf"));
         assert_valid(&key);
         let expected = hex::encode(Sha256::digest(
             b"harbor.example.com/ml-models/tinyllama:v1.0.0-gguf",
         ));
         assert_eq!(
             key,
-            format!("tag.model.tugboat.io/tinyllama_v1.0.0-gguf-{}", &expected[..12])
+            format!(
+                "tag.model.tugboat.io/tinyllama_v1.0.0-gguf-{}",
+                &expected[..12]
+            )
         );
     }
 
@@ -247,7 +244,12 @@ mod tests {
             format!("{long_repo}:{long_tag}"),
             format!("{long_repo}:_starts-with-underscore"),
             "h.example/x:_".to_string(),
-            format!("h.example/{}/{}:{}", "b".repeat(100), "c".repeat(100), "d".repeat(49)),
+            format!(
+                "h.example/{}/{}:{}",
+                "b".repeat(100),
+                "c".repeat(100),
+                "d".repeat(49)
+            ),
         ] {
             assert_valid(&tag_key(&parse(&text)));
         }

@@ -164,7 +164,10 @@ mod tests {
         m.digests.insert(index.clone());
         m.names.insert("tinyllama".into(), index.clone());
         let d = desired(&[m], 100);
-        assert_eq!(d.labels.get(&keys::digest_key(&index)).map(String::as_str), Some("true"));
+        assert_eq!(
+            d.labels.get(&keys::digest_key(&index)).map(String::as_str),
+            Some("true")
+        );
         assert_eq!(
             d.labels.get("name.model.tugboat.io/tinyllama"),
             Some(&keys::digest_value(&index))
@@ -188,7 +191,8 @@ mod tests {
         // Many tags of one model: a few keys at most.
         let mut m = model("many", 0, None);
         for i in 0..50 {
-            m.tags.insert(format!("r.example/m/many:t{i}"), m.snapshot.clone());
+            m.tags
+                .insert(format!("r.example/m/many:t{i}"), m.snapshot.clone());
         }
         assert_eq!(desired(&[m], 1).labels.len(), 1 + MAX_TAGS_PER_MODEL);
     }
@@ -206,16 +210,16 @@ mod tests {
     fn one_patch_adds_changes_and_removes_only_owned_labels() {
         let a = model("a", 0, None);
         let b = model("b", 0, None);
-        let d = desired(&[a.clone()], 100);
+        let d = desired(std::slice::from_ref(&a), 100);
         let tag_a = keys::tag_key(&"r.example/m/a:v1".parse().unwrap());
         let stale_b = keys::digest_key(&b.snapshot);
         let current = labels(&[
             ("kubernetes.io/hostname", "node-a"),
             ("gpu", "a100"),
-            (&tag_a, "sha256.0000"),                 // edited by hand: set again
-            (&stale_b, "true"),                       // a model no longer held
+            (&tag_a, "sha256.0000"), // edited by hand: set again
+            (&stale_b, "true"),      // a model no longer held
             ("name.model.tugboat.io/old", "sha256.1"), // a name no longer given
-            ("tugboat.io/other", "x"),                // not one of ours
+            ("tugboat.io/other", "x"), // not one of ours
         ]);
         let p = plan(&d.labels, &current);
         assert_eq!(

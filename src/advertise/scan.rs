@@ -266,7 +266,12 @@ impl Scanner {
 }
 
 /// Collects the tag records under `dir` (`repository` holds the path walked so far).
-fn walk_tags(dir: &Path, host: &str, repository: &mut Vec<String>, out: &mut Vec<(String, Digest)>) {
+fn walk_tags(
+    dir: &Path,
+    host: &str,
+    repository: &mut Vec<String>,
+    out: &mut Vec<(String, Digest)>,
+) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
@@ -293,10 +298,9 @@ fn walk_tags(dir: &Path, host: &str, repository: &mut Vec<String>, out: &mut Vec
             continue;
         }
         let text = format!("{host}/{}:{name}", repository.join("/"));
-        let (Ok(reference), Ok(recorded)) = (
-            text.parse::<Reference>(),
-            fs::read_to_string(entry.path()),
-        ) else {
+        let (Ok(reference), Ok(recorded)) =
+            (text.parse::<Reference>(), fs::read_to_string(entry.path()))
+        else {
             continue;
         };
         if reference.digest().is_some() {
@@ -423,7 +427,10 @@ mod tests {
         snapshot(&cache, &pinned, &format!("h.example/p@{by_digest}"), 5);
         let held = Scanner::new(cache.clone(), None).scan().unwrap();
         let model = held.iter().find(|m| m.snapshot == child).unwrap();
-        assert_eq!(model.digests, BTreeSet::from([child.clone(), by_tag.clone()]));
+        assert_eq!(
+            model.digests,
+            BTreeSet::from([child.clone(), by_tag.clone()])
+        );
         assert_eq!(
             model.tags,
             BTreeMap::from([("docker.io/org/m:v2".to_string(), by_tag.clone())])
@@ -447,7 +454,11 @@ mod tests {
         let old = manifest(&cache, "old");
         let recent = manifest(&cache, "recent");
         let warm = manifest(&cache, "warm");
-        for (d, r) in [(&old, "h.example/old:v1"), (&recent, "h.example/recent:v1"), (&warm, "h.example/warm:v1")] {
+        for (d, r) in [
+            (&old, "h.example/old:v1"),
+            (&recent, "h.example/recent:v1"),
+            (&warm, "h.example/warm:v1"),
+        ] {
             snapshot(&cache, d, r, 1);
             tag(&cache, r, d);
         }
@@ -476,7 +487,10 @@ mod tests {
         let order: Vec<&Digest> = held.iter().map(|m| &m.snapshot).collect();
         assert_eq!(order, [&warm, &old, &recent]);
         assert_eq!(held[0].warm, Some(1));
-        assert_eq!(held[0].names, BTreeMap::from([("tiny".to_string(), warm.clone())]));
+        assert_eq!(
+            held[0].names,
+            BTreeMap::from([("tiny".to_string(), warm.clone())])
+        );
         assert_eq!(held[1].warm, Some(2));
         assert!(held[2].names.is_empty());
 

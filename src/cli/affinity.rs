@@ -53,7 +53,9 @@ fn target(args: &AffinityArgs) -> Result<Target, Failure> {
     let text = args.reference.as_deref().unwrap_or_default();
     let reference: Reference = text
         .parse()
-        .map_err(|e: tugboat::reference::ReferenceError| Failure::new(FailureKind::Input, e.into()))?;
+        .map_err(|e: tugboat::reference::ReferenceError| {
+            Failure::new(FailureKind::Input, e.into())
+        })?;
     Ok(match reference.digest() {
         Some(digest) => Target {
             what: format!(

@@ -85,7 +85,12 @@ pub struct AdvertiseArgs {
     node_name: Option<String>,
     /// Advertise at most this many models: the warm list's first, then the most recently used
     /// (a log line says when some are left out).
-    #[arg(long, value_name = "N", env = "TUGBOAT_ADVERTISE_MAX_MODELS", default_value_t = 100)]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "TUGBOAT_ADVERTISE_MAX_MODELS",
+        default_value_t = 100
+    )]
     advertise_max_models: usize,
     /// Talk to the apiserver with this kubeconfig instead of the in-cluster configuration (a
     /// daemon run outside a pod).
