@@ -110,7 +110,7 @@ for check in "get nodes" "patch nodes" "list nodes" "watch nodes" "update nodes"
              "get pods" "get secrets" "create nodes"; do
   printf '   can-i %-14s %s\n' "$check" "$(as_sa auth can-i $check 2>/dev/null || true)"
 done
-[ "$(as_sa auth can-i get nodes)" = yes ] && [ "$(as_sa auth can-i patch nodes)" = yes ]
+[ "$(as_sa auth can-i get nodes 2>/dev/null)" = yes ] && [ "$(as_sa auth can-i patch nodes 2>/dev/null)" = yes ]
 [ "$(as_sa auth can-i list nodes 2>/dev/null || true)" = no ] && [ "$(as_sa auth can-i get secrets 2>/dev/null || true)" = no ]
 # `auth can-i` itself is a request of the daemon's identity: start the audit count after it.
 sleep 1; : > "$WORK/audit.log"
@@ -121,7 +121,7 @@ echo "== pushing $MODELS small models and 3 more to $REGISTRY"
 push_model() {  # push_model REPO SEED
   mkdir -p "$WORK/src/$1"
   head -c 4096 /dev/urandom > "$WORK/src/$1/model.gguf"
-  "$TUGBOAT" push "$WORK/src/$1" "$REGISTRY/$1:v1" --plain-http >/dev/null
+  "$TUGBOAT" push "$WORK/src/$1" "$REGISTRY/$1:v1" --plain-http >/dev/null 2>&1
 }
 for m in warm pulled removed; do push_model "bench/$m"; done
 for i in $(seq -w 1 "$MODELS"); do push_model "many/m$i"; done
@@ -183,7 +183,7 @@ wait_label name.model.tugboat.io/bench-warm present
 echo "1. warm list written -> tag label on the Node: ${t_label} s (includes the warm loop noticing the file, <= 2 s, and the pull)"
 t0=$(now)
 PULLED_REF=$REGISTRY/bench/pulled:v1
-"$TUGBOAT" pull "$PULLED_REF" --cache "$CACHE" --plain-http >/dev/null
+"$TUGBOAT" pull "$PULLED_REF" --cache "$CACHE" --plain-http >/dev/null 2>&1
 t_pull=$(since "$t0"); t0=$(now)
 wait_label "$(key_of "$PULLED_REF")" present
 echo "   tugboat pull --cache done -> label: $(since "$t0") s (pull took ${t_pull} s)"
@@ -197,7 +197,7 @@ echo "2. cache gc evicted -> label gone: $(since "$t0") s; the warm model's labe
 
 # 3. cache rm
 REMOVED_REF=$REGISTRY/bench/removed:v1
-"$TUGBOAT" pull "$REMOVED_REF" --cache "$CACHE" --plain-http >/dev/null
+"$TUGBOAT" pull "$REMOVED_REF" --cache "$CACHE" --plain-http >/dev/null 2>&1
 wait_label "$(key_of "$REMOVED_REF")" present
 "$TUGBOAT" cache rm "$REMOVED_REF" --cache "$CACHE" >/dev/null
 t0=$(now)

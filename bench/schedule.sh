@@ -100,7 +100,7 @@ start_registry "$WORK/registry"
 mkdir -p "$WORK/src"; head -c 65536 /dev/urandom > "$WORK/src/model.gguf"
 REF=$REGISTRY/bench/warm:v1
 ABSENT=$REGISTRY/bench/absent:v1
-"$TUGBOAT" push "$WORK/src" "$REF" --plain-http >/dev/null
+"$TUGBOAT" push "$WORK/src" "$REF" --plain-http >/dev/null 2>&1
 printf 'interval: 1h\nmodels:\n  - reference: %s\n' "$REF" > "$WORK/warm.yaml"
 NODE_LABELS_BEFORE=1
 "$TUGBOAT" node --csi-endpoint "unix://$WORK/csi.sock" --node-id "$NODE" --cache "$WORK/cache" \
@@ -165,7 +165,7 @@ echo "3. required affinity for $ABSENT (held nowhere): phase=$phase node='${node
 kubectl -n "$NS" get events --field-selector reason=FailedScheduling -o jsonpath='{range .items[*]}{.message}{"\n"}{end}' | tail -n1 | sed 's/^/   FailedScheduling: /'
 [ "$phase" = Pending ] && [ -z "$node" ]
 mkdir -p "$WORK/src2"; head -c 65536 /dev/urandom > "$WORK/src2/model.gguf"
-"$TUGBOAT" push "$WORK/src2" "$ABSENT" --plain-http >/dev/null
+"$TUGBOAT" push "$WORK/src2" "$ABSENT" --plain-http >/dev/null 2>&1
 printf 'interval: 1h\nmodels:\n  - reference: %s\n  - reference: %s\n' "$REF" "$ABSENT" > "$WORK/warm.yaml"
 t0=$(date +%s.%N)
 echo "   after warming it on $NODE: $(placement pinned 1) ($(python3 -c "import sys,time; print(f'{time.time()-float(sys.argv[1]):.1f}')" "$t0") s after the warm list changed)"
