@@ -47,6 +47,17 @@ impl Partial {
             Partial::Chunked(writer) => writer.abandon().await,
         }
     }
+
+    /// Stops writing and keeps the partial for a later resume: its bytes are sound, the
+    /// trouble was on this side (a full disk, an I/O error).
+    async fn keep(self) {
+        match self {
+            Partial::Whole(writer) => {
+                let _ = writer.suspend().await;
+            }
+            Partial::Chunked(writer) => writer.suspend().await,
+        }
+    }
 }
 
 /// One archive layer to unpack while it downloads.
@@ -379,6 +390,11 @@ async fn settle(
 ) -> Result<Layer, PullError> {
     let read = match extracted {
         Ok(read) => read,
+        Err(MaterializeError::Cache(local)) => {
+            // The disk, not the archive, failed: the downloaded bytes stay for the next try.
+            partial.keep().await;
+            return Err(PullError::Cache(local));
+        }
         Err(refused) => {
             partial.discard().await;
             if resumed {
