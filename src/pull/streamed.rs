@@ -381,7 +381,8 @@ enum First {
 
 /// The end of a streamed layer whose download completed: a refused archive keeps nothing of
 /// its partial; the bytes must match the layer's size and digest. A layer `resumed` from a
-/// partial that fails either way is tried again from nothing.
+/// partial that fails either way is tried again from nothing. An unpacking that failed on
+/// this side (a full disk) keeps the partial, as a failed chunked download does.
 async fn settle(
     blob: &artifact::Descriptor,
     (tree, extracted): Extracted,
@@ -390,7 +391,7 @@ async fn settle(
 ) -> Result<Layer, PullError> {
     let read = match extracted {
         Ok(read) => read,
-        Err(MaterializeError::Cache(local)) => {
+        Err(MaterializeError::Cache(local)) if !local.is_integrity() => {
             // The disk, not the archive, failed: the downloaded bytes stay for the next try.
             partial.keep().await;
             return Err(PullError::Cache(local));
