@@ -135,7 +135,11 @@ key_of() { "$TUGBOAT" affinity "$1" --keys; }
 wait_label() {  # wait_label KEY present|absent [SECONDS]
   local deadline=$((SECONDS + ${3:-120}))
   while :; do
-    if labels | grep -q "^$1="; then [ "$2" = present ] && return 0; else [ "$2" = absent ] && return 0; fi
+    # The labels are read whole first: `kubectl ... | grep -q` under pipefail fails when grep
+    # stops reading early, which would read as "absent".
+    local now_labels
+    now_labels=$(labels) || { sleep 0.1; continue; }
+    if grep -q "^$1=" <<< "$now_labels"; then [ "$2" = present ] && return 0; else [ "$2" = absent ] && return 0; fi
     [ $SECONDS -lt $deadline ] || { echo "timeout: $1 not $2"; tail -20 "$WORK/daemon.log"; return 1; }
     sleep 0.1
   done
@@ -193,7 +197,7 @@ t0=$(now)
 "$TUGBOAT" cache gc --max-size 1 --cache "$CACHE" >/dev/null
 t0=$(now)
 wait_label "$(key_of "$PULLED_REF")" absent
-echo "2. cache gc evicted -> label gone: $(since "$t0") s; the warm model's label stays: $(labels | grep -c "^$(key_of "$WARM_REF")=")"
+echo "2. cache gc evicted -> label gone: $(since "$t0") s; the warm model's label stays: $(grep -c "^$(key_of "$WARM_REF")=" <<< "$(labels)")"
 
 # 3. cache rm
 REMOVED_REF=$REGISTRY/bench/removed:v1

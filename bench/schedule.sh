@@ -138,12 +138,12 @@ YAML
 placement() {  # placement NAME: "NODE=N ..." once every pod of the Deployment is bound
   local deadline=$((SECONDS + 120)) want=$2
   while :; do
-    local bound; bound=$(kubectl -n "$NS" get pods -l "app=$1" -o go-template='{{range .items}}{{.spec.nodeName}}{{"\n"}}{{end}}' | grep -c . || true)
+    local bound; bound=$(kubectl -n "$NS" get pods -l "app=$1" -o go-template='{{range .items}}{{with .spec.nodeName}}{{.}}{{"\n"}}{{end}}{{end}}' | grep -c . || true)
     [ "$bound" -ge "$want" ] && break
     [ $SECONDS -lt $deadline ] || { echo "only $bound of $want pods of $1 bound"; break; }
     sleep 1
   done
-  kubectl -n "$NS" get pods -l "app=$1" -o go-template='{{range .items}}{{.spec.nodeName}}{{"\n"}}{{end}}' | sort | uniq -c | awk '{printf "%s=%s ", $2, $1}'
+  kubectl -n "$NS" get pods -l "app=$1" -o go-template='{{range .items}}{{with .spec.nodeName}}{{.}}{{"\n"}}{{end}}{{end}}' | sort | uniq -c | awk '{printf "%s=%s ", $2, $1}'
 }
 PREFERRED=$("$TUGBOAT" affinity "$REF" --preferred | grep -v '^#')
 REQUIRED=$("$TUGBOAT" affinity "$ABSENT" --required | grep -v '^#')
