@@ -1,7 +1,7 @@
 //! The node cache over time: LRU eviction under a size limit with leases respected, `cache ls`
-//! against the disk, `cache verify` finding and the next pull repairing corruption, the node
-//! daemon's warm list reloading without a restart, and `/metrics` checked with Prometheus'
-//! own Python parser.
+//! against the disk, `cache verify` finding and the next pull repairing corruption, a file
+//! deleted from a snapshot restored by the next pull, the node daemon's warm list reloading
+//! without a restart, and `/metrics` checked with Prometheus' own Python parser.
 
 mod common;
 
@@ -247,6 +247,36 @@ fn verify_finds_a_corrupted_blob_and_the_next_pull_repairs_it() {
         "the blob was fetched again"
     );
     run(&mut clean, TIMEOUT).assert_ok("verify after the repair");
+}
+
+#[test]
+fn a_file_deleted_from_a_snapshot_is_restored_by_the_next_pull() {
+    let reg = Registry::start();
+    let work = tmp();
+    let cache = work.path().join("cache");
+    let (reference, file, _) = push_model(&reg, work.path(), "models/gone", 4, 5);
+    pull(&reference, &work.path().join("d1"), Some(&cache), &[]).assert_ok("pull");
+    let snapshot = cache.join("snapshots").join(&snapshot_dirs(&cache)[0]);
+    std::fs::remove_file(snapshot.join("model.gguf")).unwrap();
+
+    let mark = reg.mark();
+    let again = pull(&reference, &work.path().join("d2"), Some(&cache), &[]);
+    again.assert_ok("pull after the deletion");
+    assert_same_files(&work.path().join("d2"), &[("model.gguf", &file)]);
+    assert!(
+        again.stderr.contains("missing or has the wrong size"),
+        "the pull says why it rebuilt the snapshot: {}",
+        again.stderr
+    );
+    let digest = sha256_file(&file);
+    assert!(
+        reg.blob_downloads_since(mark, &digest).is_empty(),
+        "the blob was still in the cache: the snapshot is rebuilt from it"
+    );
+    assert!(
+        snapshot.join("model.gguf").is_file(),
+        "the snapshot is whole again"
+    );
 }
 
 /// `tugboat node` with a warm list and the HTTP endpoint; killed on drop.

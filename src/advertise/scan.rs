@@ -356,6 +356,10 @@ mod tests {
         };
         let dir = cache.snapshot_dir(id);
         fs::create_dir_all(&dir).unwrap();
+        // The file the description lists, sparse: a snapshot is complete only with its files.
+        fs::File::create(dir.join("model.gguf"))
+            .and_then(|f| f.set_len(bytes))
+            .unwrap();
         fs::write(
             cache.snapshots_dir().join(format!("{}.json", id.hex())),
             serde_json::to_vec(&info).unwrap(),
@@ -394,7 +398,7 @@ mod tests {
         // Half a snapshot: a description without its directory.
         let half = manifest(&cache, "half");
         snapshot(&cache, &half, "127.0.0.1:5000/models/half:v1", 10);
-        fs::remove_dir(cache.snapshot_dir(&half)).unwrap();
+        fs::remove_dir_all(cache.snapshot_dir(&half)).unwrap();
 
         let held = Scanner::new(cache.clone(), None).scan().unwrap();
         assert_eq!(held.len(), 1, "{held:?}");

@@ -54,6 +54,19 @@ pub enum SnapshotSlot {
     Build(SnapshotBuilder),
 }
 
+/// The first file the description lists that the snapshot does not hold as a regular file of
+/// the listed size (a file deleted or truncated by hand): such a snapshot is not complete. One
+/// `lstat` per file; contents are `cache verify`'s job.
+fn first_missing_file(dir: &Path, info: &SnapshotInfo) -> Option<String> {
+    info.files
+        .iter()
+        .find(|file| {
+            !fs::symlink_metadata(file.path.under(dir))
+                .is_ok_and(|m| m.is_file() && m.len() == file.size)
+        })
+        .map(|file| file.path.to_string())
+}
+
 impl Cache {
     pub fn snapshot_dir(&self, manifest: &Digest) -> PathBuf {
         self.snapshots_dir().join(manifest.hex())
@@ -70,7 +83,13 @@ impl Cache {
             .join(format!("{}.json", manifest.hex()));
         match fs::read(&info_path) {
             Ok(bytes) => match serde_json::from_slice::<SnapshotInfo>(&bytes) {
-                Ok(info) if &info.digest == manifest => Ok(Some(info)),
+                Ok(info) if &info.digest == manifest => match first_missing_file(&dir, &info) {
+                    None => Ok(Some(info)),
+                    Some(missing) => {
+                        tracing::warn!(snapshot = %dir.display(), file = %missing, "a file of the cached model is missing or has the wrong size; the snapshot will be rebuilt");
+                        Ok(None)
+                    }
+                },
                 _ => {
                     tracing::warn!(path = %info_path.display(), "snapshot description unreadable; the snapshot will be rebuilt");
                     Ok(None)
