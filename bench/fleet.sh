@@ -4,7 +4,7 @@
 #   nginx     a pull-through cache a platform team runs: nginx proxy_cache with proxy_cache_lock
 #             (one shared cache host), tugboat --mirror ORIGIN=http://CACHE:5000;
 #   dfdaemon  one Dragonfly dfdaemon per node (proxy rule for /v2/ blobs, as Dragonfly documents
-#             for registry mirrors), tugboat --mirror ORIGIN=http://127.0.0.1:4001.
+#             for registry mirrors), tugboat --mirror ORIGIN=http://127.0.0.1:PORT (its proxy).
 # and counts the bytes the origin served (an nginx TLS front in front of the registry logs
 # $body_bytes_sent, the Range header and the client of every request). Prints the fleet table:
 # origin bytes / model size, time until the last node has the model, per-node throughput.
@@ -25,9 +25,10 @@
 #   NODES="1 4" ROUTES="origin dfdaemon" bash bench/fleet.sh
 #   NODE_MBPS=50 ORIGIN_MBPS=50 RTT_MS=40 MODEL=4x80 bash bench/fleet.sh
 #   RANGE_MODEL="" ...                                    # skip the ranged-chunks rows
-# The ranged-chunks rows pull RANGE_MODEL (default one 320 MiB layer: tugboat fetches a blob of
-# 256 MiB or more as parallel Range requests, up to 16 streams) on RANGE_NODES nodes directly
-# and through dfdaemon with tugboat's defaults and with --streams-per-blob 1.
+# The ranged-chunks rows pull RANGE_MODEL (default one 320 MiB layer: from an origin, tugboat
+# fetches a blob of 256 MiB or more as parallel Range requests, up to 16 streams) on RANGE_NODES
+# nodes directly, through dfdaemon with ranges forced (--streams-per-blob 16), and through
+# dfdaemon with tugboat's default for a mirror (one stream per blob).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -290,8 +291,14 @@ stop_cache() {
 }
 
 # --- dfdaemon per node and the scheduler stand-in ----------------------------------------------
-start_dragonfly() { # N
-  local n=$1 i d ns
+# Each start takes fresh ports: a dfdaemon that served pieces leaves its storage port in
+# TIME_WAIT, and the next dfdaemon in that namespace would not bind it.
+DF_RUNS=0
+start_dragonfly() { # N; sets DF_PROXY_PORT
+  local n=$1 i d ns base
+  DF_RUNS=$((DF_RUNS + 1))
+  base=$((20000 + 10 * DF_RUNS))
+  DF_PROXY_PORT=$((base + 1))
   mkdir -p "$WORK/sched"
   ip netns exec "$NS_HUB" "$STANDIN" "$HUB_IP:8002" > "$WORK/sched/standin.log" 2>&1 &
   STANDIN_PID=$!
@@ -315,17 +322,26 @@ download:
     socketPath: $d/dfdaemon.sock
 upload:
   server:
-    port: 4000
+    port: $base
+metrics:
+  server:
+    port: $((base + 2))
+health:
+  server:
+    port: $((base + 3))
+stats:
+  server:
+    port: $((base + 4))
 storage:
   dir: $d/storage
   keep: false
   server:
-    tcpPort: 4005
-    quicPort: 4006
+    tcpPort: $((base + 5))
+    quicPort: $((base + 6))
 proxy:
   server:
     ip: 127.0.0.1
-    port: 4001
+    port: $DF_PROXY_PORT
   # Dragonfly's documented registry-mirror rule: blobs go P2P, everything else is proxied.
   rules:
     - regex: 'blobs/sha256.*'
@@ -341,11 +357,11 @@ YAML
   for i in $(seq 1 "$n"); do
     ns=$(node_ns "$i")
     for _ in $(seq 300); do
-      in_ns "$ns" bash -c 'exec 3<>/dev/tcp/127.0.0.1/4001' 2>/dev/null && break
+      in_ns "$ns" bash -c "exec 3<>/dev/tcp/127.0.0.1/$DF_PROXY_PORT" 2>/dev/null && break
       sleep 0.1
     done
-    in_ns "$ns" bash -c 'exec 3<>/dev/tcp/127.0.0.1/4001' 2>/dev/null ||
-      { echo "dfdaemon on node $i did not start:" >&2; tail -20 "$WORK/dfd/$i/stdout.log" "$WORK"/dfd/"$i"/log/* >&2; exit 1; }
+    in_ns "$ns" bash -c "exec 3<>/dev/tcp/127.0.0.1/$DF_PROXY_PORT" 2>/dev/null ||
+      { echo "dfdaemon on node $i did not start:" >&2; tail -n 20 "$WORK/dfd/$i/stdout.log" "$WORK/dfd/$i/log/dfdaemon.log" >&2; exit 1; }
   done
   for _ in $(seq 100); do
     [ "$(grep -c ' host node' "$WORK/sched/standin.log")" -ge "$n" ] && break
@@ -359,6 +375,9 @@ stop_dragonfly() { # N LABEL
   done
   for i in $(seq 1 "$n"); do
     for _ in $(seq 100); do [ -z "$(ip netns pids "$(node_ns "$i")")" ] && break; sleep 0.1; done
+    # A dfdaemon still shutting down holds its ports: the next run's would not start.
+    for pid in $(ip netns pids "$(node_ns "$i")"); do kill -9 "$pid" 2>/dev/null || true; done
+    for _ in $(seq 50); do [ -z "$(ip netns pids "$(node_ns "$i")")" ] && break; sleep 0.1; done
   done
   kill "$STANDIN_PID" 2>/dev/null || true
   wait "$STANDIN_PID" 2>/dev/null || true
@@ -387,7 +406,7 @@ run() {
   read -r ref bytes digests < <(model_info "$spec" "$repo")
   case $route in
     nginx) start_cache; mirror=("$mirror_flag" "$ORIGIN_IP=http://$CACHE_IP:5000") ;;
-    dfdaemon) start_dragonfly "$n"; mirror=("$mirror_flag" "$ORIGIN_IP=http://127.0.0.1:4001") ;;
+    dfdaemon) start_dragonfly "$n"; mirror=("$mirror_flag" "$ORIGIN_IP=http://127.0.0.1:$DF_PROXY_PORT") ;;
   esac
   rm -rf "$WORK/nodes" && mkdir -p "$WORK/nodes"
   sync
@@ -470,8 +489,10 @@ if [ -n "$RANGE_MODEL" ]; then
   echo "== ranged chunks: $RANGE_MODEL on $RANGE_NODES nodes" >&2
   run ranges origin "$RANGE_NODES" "$RANGE_MODEL"
   if wants_route dfdaemon; then
+    # Ranges forced through dfdaemon (up to 16 per blob, tugboat's default towards an origin),
+    # then tugboat's default through a mirror: one stream per blob.
+    run ranges-forced dfdaemon "$RANGE_NODES" "$RANGE_MODEL" --streams-per-blob 16
     run ranges dfdaemon "$RANGE_NODES" "$RANGE_MODEL"
-    run ranges-1stream dfdaemon "$RANGE_NODES" "$RANGE_MODEL" --streams-per-blob 1
   fi
 fi
 if [ -n "$PRIVATE_NODES" ] && wants_route dfdaemon; then
@@ -502,13 +523,17 @@ print(f"\nEach node: its own network namespace, tugboat process and cache; {node
       "Origin bytes: every body byte the origin's nginx front sent (blobs and manifests). "
       "dfdaemon parents come from a stand-in for Dragonfly's scheduler.\n")
 def table(rows, title):
+    if not rows:
+        return
     print(f"{title}\n")
     print("| route | N | model | origin bytes / model | origin blob GETs (with Range) | blob HEADs "
           "| back-to-source peers | last node has it, s | per-node MB/s median (min) | failed | mirror fallbacks |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         mbps = [r["size"] / 1e6 / t for t in r["times"]]
-        extra = {"ranges-1stream": " --streams-per-blob 1", "private": ", private, --mirror",
+        extra = {"ranges-forced": ", ranges forced: --streams-per-blob 16",
+                 "ranges": ", default",
+                 "private": ", private, --mirror",
                  "private-trusted": ", private, --trusted-mirror"}.get(r["label"], "")
         print(f"| {r['route']}{extra} "
               f"| {r['n']} | {r['spec']} MiB | {r['total'] / r['size']:.2f}x | {r['gets']} ({r['ranged']}) "

@@ -308,7 +308,8 @@ struct RegistryArgs {
     #[arg(long, env = "TUGBOAT_CHUNK_SIZE", value_parser = parse_chunk_size)]
     chunk_size: Option<u64>,
     /// Parallel Range streams per large blob (1 = one stream); default: ramps up to 16 while
-    /// the measured throughput keeps growing.
+    /// the measured throughput keeps growing, and one stream through a --mirror or
+    /// --trusted-mirror (dfdaemon fetches pieces in parallel itself).
     #[arg(long, env = "TUGBOAT_STREAMS_PER_BLOB")]
     streams_per_blob: Option<usize>,
     /// Blob requests in flight at once, all layers and chunks together.

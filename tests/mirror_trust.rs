@@ -5,7 +5,8 @@
 //!   the credentials the origin wants is refused (the origin is asked, one HEAD by digest), and
 //!   with them served; an origin that cannot be reached cannot confirm, so that is refused too;
 //! - credentials go to a `--trusted-mirror` (Basic, or the origin's own Bearer token), never to
-//!   a `--mirror`, never to the host a blob is redirected to;
+//!   a `--mirror`, never to the host a blob is redirected to; where the origin's `/v2/` is open
+//!   and only the repository wants credentials, the origin itself is asked for its challenge;
 //! - every mirror request carries `X-Dragonfly-Registry` with the origin's scheme;
 //! - an untrusted mirror the origin's credentials would have opened: one warning, and the
 //!   model comes from the origin.
@@ -571,4 +572,53 @@ async fn a_csi_publish_through_a_caching_mirror_needs_the_pods_credentials() {
     node.node_unpublish_volume(unpublish_request("pod-b", &ws.target("pod-b")))
         .await
         .unwrap();
+}
+
+#[test]
+fn a_trusted_mirror_gets_credentials_where_only_the_repository_wants_them() {
+    let reg = Registry::start();
+    let files: Vec<(Option<&str>, Vec<u8>)> = vec![(Some("weights.bin"), random_bytes(2 << 20, 9))];
+    push_raw_artifact_auth(&reg.host(), None, "private/llm", "v1", &files, &[]);
+    // The origin: /v2/ open, /v2/private/ behind Basic (as a front that guards some projects).
+    let origin = Nginx::guarding(&format!("http://{}", reg.host()), USER, PASS, "private");
+    let mirror = Nginx::caching(&format!("http://{}", origin.host()));
+    let work = tempfile::tempdir().unwrap();
+    let config = write_config(work.path(), &origin.host());
+    let dest = work.path().join("dest");
+    let run = pull(
+        &format!("{}/private/llm:v1", origin.host()),
+        &dest,
+        Some(&work.path().join("cache")),
+        &[
+            "--docker-config",
+            &config,
+            "--trusted-mirror",
+            &format!("{}={}", origin.host(), mirror.host()),
+        ],
+    );
+    run.assert_ok("through the trusted mirror");
+    assert_eq!(fs::read(dest.join("weights.bin")).unwrap(), files[0].1);
+    assert!(
+        !run.stderr.contains("falling back"),
+        "the mirror served it: {}",
+        run.stderr
+    );
+    let asked = mirror.requests();
+    let digest = sha256_bytes(&files[0].1);
+    assert!(
+        asked
+            .iter()
+            .any(|r| r.uri.contains(&digest) && r.status == 200 && r.authorization == basic()),
+        "the blob came through the mirror, with the origin's credentials: {asked:?}"
+    );
+    // The challenge came from the origin itself: an anonymous HEAD there, never one learned
+    // from the mirror's relayed 401.
+    assert!(
+        origin
+            .requests()
+            .iter()
+            .any(|r| r.method == "HEAD" && r.status == 401 && r.authorization == "-"),
+        "{:?}",
+        origin.requests()
+    );
 }

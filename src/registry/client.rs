@@ -212,6 +212,15 @@ impl RegistryClient {
         &self.credentials
     }
 
+    /// Whether requests for `reference`'s registry go to a mirror first.
+    pub fn has_mirror(&self, reference: &Reference) -> bool {
+        self.shared
+            .policy
+            .endpoints(reference.registry(), reference.api_host())
+            .len()
+            > 1
+    }
+
     /// Chunking and concurrency settings for blob downloads.
     pub fn transfer(&self) -> &super::TransferOptions {
         &self.shared.transfer
@@ -634,6 +643,22 @@ impl RegistryClient {
         unreachable!("the origin endpoint returns")
     }
 
+    /// Learns `origin`'s challenge from an anonymous HEAD of `path` at the origin itself.
+    async fn learn_challenge_at(&self, origin: &Endpoint, path: &str) {
+        let url = format!("{}{path}", origin.base_url());
+        match self.http(origin).head(&url).send().await {
+            Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
+                if let Some(challenge) = header_str(response.headers(), "www-authenticate") {
+                    self.shared.authorizer.learn(origin, &challenge).await;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(%url, error = %crate::errors::render(&e), "no challenge from the origin")
+            }
+        }
+    }
+
     fn mirror_refused(&self, host: &str) -> bool {
         let refused = self.trace.refused.lock().unwrap_or_else(|p| p.into_inner());
         refused.iter().any(|h| h == host)
@@ -768,6 +793,11 @@ impl RegistryClient {
                         {
                             authorizer.learn(endpoint, &challenge).await;
                         }
+                    } else {
+                        // A trusted mirror relayed a refusal: the origin itself is asked for
+                        // its challenge on the same path (its /v2/ may be open while this
+                        // repository is not).
+                        self.learn_challenge_at(origin, response.url().path()).await;
                     }
                     continue;
                 }

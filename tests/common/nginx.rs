@@ -50,11 +50,56 @@ impl Nginx {
         Self::start(origin, Some(storage_authorization))
     }
 
+    /// A plain (not caching) front of `origin` that wants HTTP Basic `user:pass` for the
+    /// repositories under `/v2/{prefix}/` only, its `/v2/` open: an origin whose API root does
+    /// not say which repositories are private.
+    #[allow(dead_code)]
+    pub fn guarding(origin: &str, user: &str, pass: &str, prefix: &str) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        for sub in ["tmp", "logs"] {
+            fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        fs::write(
+            dir.path().join("htpasswd"),
+            format!("{user}:{{PLAIN}}{pass}\n"),
+        )
+        .unwrap();
+        let port = super::free_port();
+        let user_line = if nix::unistd::geteuid().is_root() {
+            "user root;\n"
+        } else {
+            ""
+        };
+        let pass_to = format!("proxy_pass {origin};\nproxy_http_version 1.1;\n");
+        let config = format!(
+            "{user_line}worker_processes 1;\n\
+             error_log {d}/logs/error.log warn;\n\
+             pid {d}/nginx.pid;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n\
+             client_body_temp_path {d}/tmp/body;\n\
+             proxy_temp_path {d}/tmp/proxy;\n\
+             fastcgi_temp_path {d}/tmp/fastcgi;\n\
+             uwsgi_temp_path {d}/tmp/uwsgi;\n\
+             scgi_temp_path {d}/tmp/scgi;\n\
+             log_format mirror '$request_method \"$request_uri\" $status \"$http_authorization\" \"$http_x_dragonfly_registry\" -';\n\
+             server {{\n\
+             listen 127.0.0.1:{port};\n\
+             access_log {d}/logs/access.log mirror;\n\
+             client_max_body_size 0;\n\
+             location /v2/{prefix}/ {{\n\
+             auth_basic \"origin\";\n\
+             auth_basic_user_file {d}/htpasswd;\n\
+             {pass_to}}}\n\
+             location /v2/ {{\n{pass_to}}}\n\
+             }}\n\
+             }}\n"
+        );
+        Self::launch(dir, config, port, None)
+    }
+
     fn start(origin: &str, storage_authorization: Option<&str>) -> Nginx {
-        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("nginx is not installed (apt-get install nginx-light; .ci/run does)");
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display().to_string();
         for sub in ["cache", "tmp", "logs"] {
@@ -120,6 +165,14 @@ impl Nginx {
              {storage_server}\
              }}\n"
         );
+        Self::launch(dir, config, port, storage_port)
+    }
+
+    fn launch(dir: TempDir, config: String, port: u16, storage_port: Option<u16>) -> Nginx {
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("nginx is not installed (apt-get install nginx-light; .ci/run does)");
         fs::write(dir.path().join("nginx.conf"), config).unwrap();
         let child = Command::new(nginx)
             .arg("-p")
