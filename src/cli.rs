@@ -83,6 +83,8 @@ enum Command {
         after_help = "Examples:\n  tugboat pull harbor.example.com/ml-models/tinyllama:v1.0.0-gguf --dest /models\n  \
 tugboat pull registry.local:5000/m/tiny@sha256:<hex> --dest /models --cache /var/lib/tugboat --plain-http\n  \
 tugboat pull REF --dest /models --pull-policy Never   # fail unless cached\n  \
+tugboat pull REF --dest /models --trusted-mirror harbor.example.com=http://127.0.0.1:4001\n                                  \
+# through the node's dfdaemon, which is sent the credentials (--mirror: anonymously)\n  \
 tugboat pull --cache=/var/lib/tugboat tugboat://harbor.example.com/ml-models/qwen:v1 /mnt/models\n                                  \
 # as KServe's ClusterStorageContainer runs it: storageUri and /mnt/models appended"
     )]
@@ -270,8 +272,10 @@ struct RegistryArgs {
         hide_env_values = true
     )]
     docker_config_json: Option<String>,
-    /// HOST=MIRROR: try MIRROR (e.g. Dragonfly's dfdaemon, a pull-through cache) before HOST;
-    /// falls back to HOST if the mirror fails. Repeatable.
+    /// HOST=MIRROR: try MIRROR (e.g. Dragonfly's dfdaemon, a pull-through cache) before HOST,
+    /// anonymously (it never sees credentials); falls back to HOST if the mirror fails or wants
+    /// credentials. Whatever a mirror serves, HOST must still let these credentials read the
+    /// manifest (one HEAD). Repeatable, or comma-separated in the env var.
     #[arg(
         long,
         value_name = "HOST=MIRROR",
@@ -279,6 +283,19 @@ struct RegistryArgs {
         value_delimiter = ','
     )]
     mirror: Vec<String>,
+    /// HOST=MIRROR: a mirror you run and trust with HOST's credentials (dfdaemon on this node,
+    /// the platform's pull-through cache), tried before --mirror's: it is sent the
+    /// Authorization HOST would get (Basic from the docker config or pull secret, or HOST's own
+    /// Bearer token), so it can fetch private models from HOST. The mirror sees the secret or
+    /// token. Example: --trusted-mirror harbor.example.com=http://10.0.0.7:4001. Repeatable,
+    /// or comma-separated in the env var.
+    #[arg(
+        long,
+        value_name = "HOST=MIRROR",
+        env = "TUGBOAT_TRUSTED_MIRROR",
+        value_delimiter = ','
+    )]
+    trusted_mirror: Vec<String>,
     /// Attempts per request (and per blob, resumes included) on 429, 5xx and connection loss.
     #[arg(long, env = "TUGBOAT_RETRIES", default_value_t = 5)]
     retries: u32,
@@ -291,7 +308,8 @@ struct RegistryArgs {
     #[arg(long, env = "TUGBOAT_CHUNK_SIZE", value_parser = parse_chunk_size)]
     chunk_size: Option<u64>,
     /// Parallel Range streams per large blob (1 = one stream); default: ramps up to 16 while
-    /// the measured throughput keeps growing.
+    /// the measured throughput keeps growing, and one stream through a --mirror or
+    /// --trusted-mirror (dfdaemon fetches pieces in parallel itself).
     #[arg(long, env = "TUGBOAT_STREAMS_PER_BLOB")]
     streams_per_blob: Option<usize>,
     /// Blob requests in flight at once, all layers and chunks together.
@@ -311,9 +329,10 @@ impl RegistryArgs {
     /// The registry options without building a client (the daemon builds one per request).
     pub fn options(&self) -> Result<RegistryOptions, Failure> {
         let mirrors = self
-            .mirror
+            .trusted_mirror
             .iter()
-            .map(|m| EndpointPolicy::parse_mirror(m))
+            .map(|m| EndpointPolicy::parse_trusted_mirror(m))
+            .chain(self.mirror.iter().map(|m| EndpointPolicy::parse_mirror(m)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Failure::new(FailureKind::Input, e.into()))?;
         let mut credentials = CredentialStore::load(self.docker_config.as_deref())
@@ -636,5 +655,57 @@ pub fn human_bytes(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Parser)]
+    struct Registry {
+        #[command(flatten)]
+        registry: RegistryArgs,
+    }
+
+    fn mirrors(args: &[&str]) -> Result<Vec<tugboat::registry::endpoint::Mirror>, String> {
+        let parsed = Registry::try_parse_from(std::iter::once("t").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        parsed
+            .registry
+            .options()
+            .map(|o| o.endpoints.mirrors)
+            .map_err(|f| f.error.to_string())
+    }
+
+    #[test]
+    fn trusted_mirrors_are_declared_apart_and_tried_first() {
+        let got = mirrors(&[
+            "--mirror",
+            "harbor.example.com=10.0.0.7:5000",
+            "--trusted-mirror",
+            "harbor.example.com=http://10.0.0.7:4001",
+        ])
+        .unwrap();
+        let summary: Vec<(&str, &str, bool)> = got
+            .iter()
+            .map(|m| (m.registry.as_str(), m.address.as_str(), m.trusted))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("harbor.example.com", "http://10.0.0.7:4001", true),
+                ("harbor.example.com", "10.0.0.7:5000", false),
+            ]
+        );
+        assert!(mirrors(&["--mirror", "a=b"])
+            .unwrap()
+            .iter()
+            .all(|m| !m.trusted));
+        let bad = mirrors(&["--trusted-mirror", "10.0.0.7:4001"]).unwrap_err();
+        assert!(
+            bad.contains("--trusted-mirror") && bad.contains("HOST=MIRROR"),
+            "{bad}"
+        );
     }
 }

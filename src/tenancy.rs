@@ -4,7 +4,10 @@
 //! confirms that request's credentials may read the manifest (a HEAD to the origin), and the
 //! confirmation is remembered per credential fingerprint for [`ACCESS_TTL`] by the registry
 //! client that asked (the daemon's one client, shared by every publish). Models the registry
-//! serves anonymously are never marked and never checked.
+//! serves anonymously are never marked and never checked. A mirror is held to the same rule
+//! as the cache: whatever part of a pull a mirror served, the origin confirms these
+//! credentials with [`confirm_access`] before the model is handed out (the pull pipeline's
+//! `confirm_mirror_copy`).
 
 use crate::cache::{Cache, CacheError};
 use crate::reference::Reference;

@@ -315,6 +315,20 @@ fn pull_errors() -> Vec<PullError> {
             source,
         }),
         PrivateOffline => [PullError::PrivateOffline { reference: "r.example/ml/private:v1".into() }],
+        MirrorCopyDenied => registry_errors()
+            .into_iter()
+            .filter(RegistryError::is_refusal)
+            .map(|source| PullError::MirrorCopyDenied {
+                reference: "r.example/ml/private:v1".into(),
+                source,
+            }),
+        MirrorCopyUnconfirmed => registry_errors()
+            .into_iter()
+            .filter(|e| !e.is_refusal())
+            .map(|source| PullError::MirrorCopyUnconfirmed {
+                reference: "r.example/ml/private:v1".into(),
+                source,
+            }),
         Policy => policy_errors().into_iter().map(PullError::Policy),
     })
 }

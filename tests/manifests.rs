@@ -847,6 +847,10 @@ fn paths_ports_and_sockets_fit_the_pods_around_tugboat() {
                 tugboat::registry::EndpointPolicy::parse_mirror(&m)
                     .unwrap_or_else(|e| panic!("{at}: mirror {m}: {e}"));
             }
+            if let Some(m) = option(&inv, "--trusted-mirror", "TUGBOAT_TRUSTED_MIRROR") {
+                tugboat::registry::EndpointPolicy::parse_trusted_mirror(&m)
+                    .unwrap_or_else(|e| panic!("{at}: trusted mirror {m}: {e}"));
+            }
             if sub == ["node"] {
                 check_node_plugin(&docs, &pod, c, &inv);
             }
@@ -1872,14 +1876,23 @@ fn components_render_over_the_base_and_their_settings_are_accepted() {
             .unwrap();
         let pod = pod_specs(&docs).into_iter().next().unwrap();
         let tugboat = containers(pod.spec).find(|c| is_tugboat(c)).unwrap();
-        if let Some(mirror) = option(node, "--mirror", "TUGBOAT_MIRROR") {
+        let mirrors = [
+            option(node, "--mirror", "TUGBOAT_MIRROR")
+                .map(|m| (tugboat::registry::EndpointPolicy::parse_mirror(&m), m)),
+            option(node, "--trusted-mirror", "TUGBOAT_TRUSTED_MIRROR").map(|m| {
+                (
+                    tugboat::registry::EndpointPolicy::parse_trusted_mirror(&m),
+                    m,
+                )
+            }),
+        ];
+        for (parsed, mirror) in mirrors.into_iter().flatten() {
             // The node's address from the downward API, never the pod's own loopback.
             assert!(
                 mirror.contains("10.0.0.7") && !mirror.contains("127.0.0.1"),
                 "component {name}: mirror {mirror} is not the node's address"
             );
-            tugboat::registry::EndpointPolicy::parse_mirror(&mirror)
-                .unwrap_or_else(|e| panic!("component {name}: mirror {mirror}: {e}"));
+            parsed.unwrap_or_else(|e| panic!("component {name}: mirror {mirror}: {e}"));
         }
         if let Some(ca) = option(node, "--ca-file", "TUGBOAT_CA_FILE") {
             let (mount, volume) = mount_for(pod.spec, tugboat, &ca)

@@ -52,6 +52,18 @@ pub enum PullError {
         #[source]
         source: RegistryError,
     },
+    #[error("{reference} came through a mirror, and a mirror's copy is handed out only with the origin registry's permission: the origin refused these credentials")]
+    MirrorCopyDenied {
+        reference: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("{reference} came through a mirror, and a mirror's copy is handed out only with the origin registry's permission: the origin could not be asked to confirm these credentials")]
+    MirrorCopyUnconfirmed {
+        reference: String,
+        #[source]
+        source: RegistryError,
+    },
     #[error("{reference} is private in the node cache and --pull-policy Never forbids asking the registry whether these credentials may read it")]
     PrivateOffline { reference: String },
     #[error(transparent)]
@@ -86,6 +98,12 @@ impl Classify for PullError {
                 kind => kind,
             },
             PullError::PrivateOffline { .. } => FailureKind::PermissionDenied,
+            // The origin's own answer: 401 unauthenticated, 403 or 404 denied.
+            PullError::MirrorCopyDenied { source, .. } => match source.kind() {
+                FailureKind::Unauthenticated => FailureKind::Unauthenticated,
+                _ => FailureKind::PermissionDenied,
+            },
+            PullError::MirrorCopyUnconfirmed { source, .. } => source.kind(),
             PullError::Policy(e) => e.kind(),
         }
     }

@@ -143,7 +143,8 @@ pub(super) async fn fetch_blob(
     progress: &Progress,
 ) -> Result<Fetched, PullError> {
     let label = progress_label(blob);
-    let mut tuning = chunks::tuning(blob.size, source.registry.transfer());
+    let mirrored = source.registry.has_mirror(source.reference);
+    let mut tuning = chunks::tuning(blob.size, source.registry.transfer(), mirrored);
     let mut fetched = 0u64;
     // A partial left by a crash is trusted only as far as the final digest check; if that
     // fails after a resume, one fresh download from byte 0 follows.

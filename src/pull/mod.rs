@@ -26,7 +26,10 @@ pub use error::PullError;
 use fetch::{fetch_blobs, streamed_layers, Fetched};
 use job::SnapshotJob;
 pub use source::tag_key;
-use source::{ensure_cached_access, load_manifest, note_registry_access, resolve_digest, Source};
+use source::{
+    confirm_mirror_copy, ensure_cached_access, load_manifest, note_registry_access, resolve_digest,
+    Source,
+};
 
 /// When to contact the registry, as for Kubernetes images.
 #[derive(
@@ -159,6 +162,8 @@ pub async fn pull_leased(
             &own
         }
     };
+    // This pull's own record of what mirrors served it.
+    let registry = &registry.for_one_pull();
     let source = Source {
         registry,
         reference,
@@ -172,6 +177,10 @@ pub async fn pull_leased(
     let variant = request.layout.variant.as_deref();
     let (manifest_digest, manifest) = load_manifest(&cache, &source, &top_digest, variant).await?;
     gate.check_manifest(reference, &manifest)?;
+    // A manifest from a mirror: the origin decides before any blob is fetched.
+    if let Err(e) = confirm_mirror_copy(&cache, &source, &manifest_digest, !ephemeral).await {
+        return Err(discard_refused(request, &cache, ephemeral, e));
+    }
     if !ephemeral {
         note_registry_access(&cache, &source, &manifest_digest).await?;
     }
@@ -188,7 +197,15 @@ pub async fn pull_leased(
     let (info, snapshot_dir, fetched, cache_hit) =
         ensure_snapshot(request, &model, progress).await?;
 
+    // Blobs from a mirror: the origin decides before anything is handed out.
+    let confirmed = match confirm_mirror_copy(&cache, &source, &manifest_digest, !ephemeral).await {
+        Ok(confirmed) => confirmed,
+        Err(e) => return Err(discard_refused(request, &cache, ephemeral, e)),
+    };
     if !ephemeral {
+        if confirmed {
+            note_registry_access(&cache, &source, &manifest_digest).await?;
+        }
         ensure_cached_access(&cache, &source, &manifest_digest).await?;
     }
     if gate.checks_signatures() {
@@ -209,12 +226,7 @@ pub async fn pull_leased(
             offline: source.offline,
         };
         if let Err(e) = gate.before_handout(model).await {
-            if let (true, Some(dest)) = (ephemeral, &request.dest) {
-                // Nothing of a refused model stays under the destination.
-                crate::cache::remove_tree(cache.root())?;
-                let _ = std::fs::remove_dir(materialize::stamp::work_dir(dest));
-            }
-            return Err(e.into());
+            return Err(discard_refused(request, &cache, ephemeral, e.into()));
         }
     }
     if !ephemeral {
@@ -253,6 +265,23 @@ pub async fn pull_leased(
         seconds: started.elapsed().as_secs_f64(),
         cache_hit,
     })
+}
+
+/// A refused model: nothing of it stays under the destination (a pull without `--cache` keeps
+/// its work cache there). Returns the refusal, or the error removing it.
+fn discard_refused(
+    request: &PullRequest,
+    cache: &Cache,
+    ephemeral: bool,
+    refusal: PullError,
+) -> PullError {
+    if let (true, Some(dest)) = (ephemeral, &request.dest) {
+        if let Err(e) = crate::cache::remove_tree(cache.root()) {
+            return e.into();
+        }
+        let _ = std::fs::remove_dir(materialize::stamp::work_dir(dest));
+    }
+    refusal
 }
 
 /// The model a pull wants in the cache, and the lease that holds what it reads.

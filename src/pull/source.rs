@@ -1,6 +1,6 @@
 //! Where a pull's manifests come from: the cache first, the registry unless the pull policy
-//! forbids it, and the tenancy checks that decide whether cached bytes may be handed to these
-//! credentials.
+//! forbids it, and the tenancy checks that decide whether cached bytes, or bytes a mirror
+//! served, may be handed to these credentials.
 
 use super::{PullError, PullPolicy};
 use crate::artifact::{self, ArtifactError, Manifest, Parsed};
@@ -16,7 +16,8 @@ pub(super) struct Source<'a> {
     pub(super) registry: &'a RegistryClient,
     pub(super) reference: &'a Reference,
     pub(super) offline: bool,
-    /// The registry served a manifest to this request's credentials (so it may read the model).
+    /// The origin served a manifest to this request's credentials, or confirmed they may read
+    /// it (so they may read the model). A mirror's answer never sets it.
     pub(super) fetched_manifest: AtomicBool,
     /// The registry answered a Range request with the whole blob: fetch in one stream.
     pub(super) range_ignored: AtomicBool,
@@ -48,7 +49,9 @@ impl Source<'_> {
 
     async fn manifest(&self, reference: &Reference) -> Result<FetchedManifest, PullError> {
         let fetched = self.online()?.manifest(reference).await?;
-        self.fetched_manifest.store(true, Ordering::Relaxed);
+        if !fetched.from_mirror {
+            self.fetched_manifest.store(true, Ordering::Relaxed);
+        }
         Ok(fetched)
     }
 }
@@ -68,6 +71,43 @@ pub(super) async fn note_registry_access(
     tenancy::remember(source.registry, &pinned);
     tenancy::mark_if_private(cache, source.registry, &pinned).await?;
     Ok(())
+}
+
+/// Authorization through a mirror: a mirror serves whoever asks (a proxy cache, a Dragonfly
+/// peer holding the model), so once a mirror served any part of this pull, the origin must
+/// confirm that these credentials may read the manifest (a HEAD by digest, remembered per
+/// credential fingerprint) before anything is handed out, unless the origin itself served the
+/// manifest to them in this pull. Called before the blobs (when the manifest came through a
+/// mirror) and again before the hand-out (when blobs did); returns whether it asked the origin
+/// now. A refusal marks the model private in a shared cache, so no later request takes the
+/// mirror's bytes from the cache without the origin's word either.
+pub(super) async fn confirm_mirror_copy(
+    cache: &Cache,
+    source: &Source<'_>,
+    manifest: &Digest,
+    shared_cache: bool,
+) -> Result<bool, PullError> {
+    if source.fetched_manifest.load(Ordering::Relaxed) || !source.registry.served_by_mirror() {
+        return Ok(false);
+    }
+    let pinned = source.reference.with_digest(manifest.clone());
+    let reference = source.reference.to_string();
+    match tenancy::confirm_access(source.registry, &pinned).await {
+        Ok(()) => {
+            source.fetched_manifest.store(true, Ordering::Relaxed);
+            Ok(true)
+        }
+        Err(source) if source.is_refusal() => {
+            if shared_cache && !cache.is_private(manifest)? {
+                cache.mark_private(
+                    manifest,
+                    &format!("{}/{}", pinned.registry(), pinned.repository()),
+                )?;
+            }
+            Err(PullError::MirrorCopyDenied { reference, source })
+        }
+        Err(source) => Err(PullError::MirrorCopyUnconfirmed { reference, source }),
+    }
 }
 
 /// Tenancy, second half: a private model this request took from the cache (without the

@@ -86,7 +86,8 @@ pub(super) async fn stream_layer(
     layer: StreamedLayer<'_>,
 ) -> Result<(Layer, u64), PullError> {
     let source = layers.source;
-    let chunked = chunks::tuning(layer.blob.size, source.registry.transfer())
+    let mirrored = source.registry.has_mirror(source.reference);
+    let chunked = chunks::tuning(layer.blob.size, source.registry.transfer(), mirrored)
         .filter(|_| !source.offline && !source.range_ignored.load(Ordering::Relaxed));
     let Some(tuning) = chunked else {
         return stream_layer_whole(layers, tree, layer).await;

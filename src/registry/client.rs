@@ -1,6 +1,7 @@
 //! The distribution API calls tugboat makes (manifests, blobs with Range, uploads), each with
 //! retries and backoff on transient failures, mirror fallback, and errors mapped to what the
-//! user should check.
+//! user should check. Each view of the client records whether a mirror served it anything, so
+//! a pull knows when the origin must still confirm access.
 
 use super::auth::Authorizer;
 use super::endpoint::{Endpoint, EndpointPolicy};
@@ -48,6 +49,8 @@ pub struct RegistryOptions {
 pub struct FetchedManifest {
     pub bytes: Bytes,
     pub media_type: Option<String>,
+    /// A mirror served it, not the origin: it says nothing about who may read the model.
+    pub from_mirror: bool,
 }
 
 /// A blob body, possibly starting at an offset (`resumed`).
@@ -66,6 +69,15 @@ pub struct BlobBody {
 pub struct RegistryClient {
     shared: Arc<Shared>,
     credentials: super::credentials::CredentialStore,
+    trace: Arc<MirrorTrace>,
+}
+
+/// What mirrors did for one view (one pull): whether any served it, and which untrusted ones
+/// refused it for want of credentials (skipped from then on, and warned about once).
+#[derive(Default)]
+struct MirrorTrace {
+    served: std::sync::atomic::AtomicBool,
+    refused: std::sync::Mutex<Vec<String>>,
 }
 
 /// What every view of one client shares.
@@ -166,6 +178,7 @@ impl RegistryClient {
                 readable: Default::default(),
             }),
             credentials: options.credentials,
+            trace: Default::default(),
         })
     }
 
@@ -174,7 +187,19 @@ impl RegistryClient {
         RegistryClient {
             shared: self.shared.clone(),
             credentials,
+            trace: Default::default(),
         }
+    }
+
+    /// The same client and credentials with a fresh record of what mirrors served: one per
+    /// pull, so [`Self::served_by_mirror`] and the untrusted-mirror warning are that pull's.
+    pub fn for_one_pull(&self) -> Self {
+        self.with_credentials(self.credentials.clone())
+    }
+
+    /// Whether a mirror served this view a manifest or a blob.
+    pub fn served_by_mirror(&self) -> bool {
+        self.trace.served.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The same client without any credentials.
@@ -185,6 +210,15 @@ impl RegistryClient {
     /// The credentials this view sends (to extend with a request's own secret).
     pub fn credentials(&self) -> &super::credentials::CredentialStore {
         &self.credentials
+    }
+
+    /// Whether requests for `reference`'s registry go to a mirror first.
+    pub fn has_mirror(&self, reference: &Reference) -> bool {
+        self.shared
+            .policy
+            .endpoints(reference.registry(), reference.api_host())
+            .len()
+            > 1
     }
 
     /// Chunking and concurrency settings for blob downloads.
@@ -241,7 +275,7 @@ impl RegistryClient {
     }
 
     /// Whether the origin registry lets this client read a manifest: a HEAD sent to the
-    /// origin only, never a mirror, since mirrors are spoken to anonymously.
+    /// origin only, never a mirror: a mirror's answer says nothing about who may read it.
     pub async fn manifest_readable(&self, reference: &Reference) -> Result<(), RegistryError> {
         let endpoint = self.origin(reference);
         let url = endpoint.url(&manifest_path(reference));
@@ -286,7 +320,13 @@ impl RegistryClient {
                                     ),
                                 }
                             }
-                            _ => return Ok(FetchedManifest { bytes, media_type }),
+                            _ => {
+                                return Ok(FetchedManifest {
+                                    bytes,
+                                    media_type,
+                                    from_mirror: endpoint.mirror.is_some(),
+                                })
+                            }
                         },
                         Err(e) if e.is_transient() => e,
                         Err(e) => return Err(e),
@@ -556,7 +596,8 @@ impl RegistryClient {
             .expect("the origin is always the last endpoint")
     }
 
-    /// Runs `call` against each mirror, then the origin; the first success wins.
+    /// Runs `call` against each mirror, then the origin; the first success wins. An untrusted
+    /// mirror that refused this view for want of credentials is not asked again by it.
     async fn with_fallback<T, F, Fut>(
         &self,
         reference: &Reference,
@@ -572,10 +613,27 @@ impl RegistryClient {
             .endpoints(reference.registry(), reference.api_host());
         let last = endpoints.len() - 1;
         for (i, endpoint) in endpoints.into_iter().enumerate() {
-            let mirror = endpoint.mirror_of.is_some();
+            let mirror = endpoint.mirror.is_some();
+            let untrusted = endpoint.is_untrusted_mirror();
             let host = endpoint.host.clone();
+            let address = endpoint.base_url();
+            if untrusted && self.mirror_refused(&host) {
+                continue;
+            }
             match call(endpoint).await {
-                Ok(value) => return Ok(value),
+                Ok(value) => {
+                    if mirror {
+                        self.trace
+                            .served
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    return Ok(value);
+                }
+                Err(e @ (RegistryError::Unauthorized { .. } | RegistryError::Forbidden { .. }))
+                    if i < last && untrusted =>
+                {
+                    self.note_untrusted_refusal(reference, &host, &address, &e);
+                }
                 Err(e) if i < last && mirror => {
                     tracing::warn!(mirror = %host, error = %e, "mirror failed; falling back to the next endpoint");
                 }
@@ -583,6 +641,57 @@ impl RegistryClient {
             }
         }
         unreachable!("the origin endpoint returns")
+    }
+
+    /// Learns `origin`'s challenge from an anonymous HEAD of `path` at the origin itself.
+    async fn learn_challenge_at(&self, origin: &Endpoint, path: &str) {
+        let url = format!("{}{path}", origin.base_url());
+        match self.http(origin).head(&url).send().await {
+            Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
+                if let Some(challenge) = header_str(response.headers(), "www-authenticate") {
+                    self.shared.authorizer.learn(origin, &challenge).await;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(%url, error = %crate::errors::render(&e), "no challenge from the origin")
+            }
+        }
+    }
+
+    fn mirror_refused(&self, host: &str) -> bool {
+        let refused = self.trace.refused.lock().unwrap_or_else(|p| p.into_inner());
+        refused.iter().any(|h| h == host)
+    }
+
+    /// An untrusted mirror, asked anonymously, refused: the origin wants credentials for this
+    /// model. Said once per view (per pull) when this view has credentials a trusted mirror
+    /// would have been given; the mirror is skipped for the rest of the pull.
+    fn note_untrusted_refusal(
+        &self,
+        reference: &Reference,
+        host: &str,
+        address: &str,
+        error: &RegistryError,
+    ) {
+        {
+            let mut refused = self.trace.refused.lock().unwrap_or_else(|p| p.into_inner());
+            if refused.iter().any(|h| h == host) {
+                return;
+            }
+            refused.push(host.to_string());
+        }
+        if self.credentials_for(reference.registry()).is_some() {
+            tracing::warn!(
+                mirror = %host,
+                registry = %reference.registry(),
+                repository = %reference.repository(),
+                "the model comes from the origin, not the mirror: the origin wants credentials for it and the mirror is not trusted with them; to send them to a mirror you run, declare it with --trusted-mirror {}={address} (TUGBOAT_TRUSTED_MIRROR) instead of --mirror",
+                reference.registry()
+            );
+        } else {
+            tracing::debug!(mirror = %host, error = %error, "the mirror refused an anonymous request; trying the origin");
+        }
     }
 
     /// Sends a request built by `build`, with authorization, retries and status mapping.
@@ -596,18 +705,25 @@ impl RegistryClient {
     ) -> Result<Response, RegistryError> {
         super::tls::require_roots(endpoint, self.shared.has_ca_file)?;
         let http = self.http(endpoint);
-        let credentials = self.credentials.lookup(&endpoint.host);
+        // Who authorization is for: the origin itself, or the origin a trusted mirror stands in
+        // for (its credentials, its challenge, its tokens). An untrusted mirror gets none.
+        let authorized = match &endpoint.mirror {
+            None => Some(endpoint),
+            Some(mirror) if mirror.trusted => Some(&*mirror.origin),
+            Some(_) => None,
+        };
+        let credentials = authorized.and_then(|origin| self.credentials.lookup(&origin.host));
+        let dragonfly_registry = endpoint.dragonfly_registry();
         let mut backoff = self.shared.retry.backoff();
         let mut reauthorized = false;
         loop {
             let attempt = backoff.attempt();
-            // Mirrors are spoken to anonymously: origin credentials never leave for another host.
-            let auth = match endpoint.mirror_of {
-                Some(_) => Ok(None),
-                None => {
+            let auth = match authorized {
+                None => Ok(None),
+                Some(origin) => {
                     self.shared
                         .authorizer
-                        .header(http, endpoint, repository, push, credentials)
+                        .header(self.http(origin), origin, repository, push, credentials)
                         .await
                 }
             };
@@ -623,8 +739,13 @@ impl RegistryClient {
                 Err(e) => return Err(e),
             };
             let mut request = build(http);
+            // reqwest drops Authorization on a redirect to another host, port or scheme (a
+            // blob's 307 to object storage), so only this endpoint ever sees it.
             if let Some(value) = auth {
                 request = request.header(reqwest::header::AUTHORIZATION, value);
+            }
+            if let Some(origin) = &dragonfly_registry {
+                request = request.header(super::endpoint::DRAGONFLY_REGISTRY_HEADER, origin);
             }
             let outcome = request.send().await;
             let response = match outcome {
@@ -658,14 +779,25 @@ impl RegistryClient {
                 return Ok(response);
             }
             match status {
-                StatusCode::UNAUTHORIZED if !reauthorized && endpoint.mirror_of.is_none() => {
+                StatusCode::UNAUTHORIZED if !reauthorized && authorized.is_some() => {
                     reauthorized = true;
+                    let origin = authorized.unwrap_or(endpoint);
                     let authorizer = &self.shared.authorizer;
                     authorizer
-                        .invalidate(endpoint, repository, push, credentials)
+                        .invalidate(origin, repository, push, credentials)
                         .await;
-                    if let Some(challenge) = header_str(response.headers(), "www-authenticate") {
-                        authorizer.learn(endpoint, &challenge).await;
+                    // Only the origin's own challenge is learned: a mirror never decides where
+                    // the origin's credentials are sent.
+                    if endpoint.mirror.is_none() {
+                        if let Some(challenge) = header_str(response.headers(), "www-authenticate")
+                        {
+                            authorizer.learn(endpoint, &challenge).await;
+                        }
+                    } else {
+                        // A trusted mirror relayed a refusal: the origin itself is asked for
+                        // its challenge on the same path (its /v2/ may be open while this
+                        // repository is not).
+                        self.learn_challenge_at(origin, response.url().path()).await;
                     }
                     continue;
                 }

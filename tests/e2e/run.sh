@@ -378,7 +378,7 @@ if [ -n "$E2E_PRIVATE_MIRROR" ] && $private_creds; then
     catalog="$(curl -sf -u "$E2E_PRIVATE_USER:$E2E_PRIVATE_PASSWORD" "http://$E2E_PRIVATE_MIRROR/v2/_catalog")"
     ! grep -q '"e2e/private"' <<<"$catalog" ||
         fail "the credentials-requiring mirror $E2E_PRIVATE_MIRROR served e2e/private: it got the origin's credentials"
-    asked="$(sys logs "$(node_pod)" -c tugboat | grep -F '"mirror failed' | grep -F "$E2E_PRIVATE_MIRROR" | tail -n1 || true)"
+    asked="$(sys logs "$(node_pod)" -c tugboat | grep -E '"mirror failed|not trusted with them' | grep -F "$E2E_PRIVATE_MIRROR" | tail -n1 || true)"
     [ -n "$asked" ] || fail "the node never asked the mirror $E2E_PRIVATE_MIRROR for the private model (no fallback logged)"
     echo "ok: the mirror refused the node's request without credentials and the origin served 05: $asked"
     echo "ok: the mirror's catalog is $catalog"
