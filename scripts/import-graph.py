@@ -19,7 +19,7 @@ FLOORS = [
     ("1 parts", ["registry", "artifact", "cache"]),
     ("2 shaping", ["materialize", "policy", "tenancy"]),
     ("3 pipelines", ["pull", "push", "inspect"]),
-    ("4 modes", ["warm", "csi", "metrics"]),
+    ("4 modes", ["warm", "csi", "metrics", "advertise"]),
     ("5 daemon", ["node"]),
     ("6 command line", ["bin"]),
 ]

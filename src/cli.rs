@@ -1,5 +1,6 @@
 //! Command-line definitions and the glue from each subcommand to the library.
 
+mod affinity;
 mod cache;
 mod formats;
 mod kitops;
@@ -124,6 +125,14 @@ tugboat inspect REF --only weights --json"
     /// Inspect and maintain the on-node cache.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// Print the node label a model is advertised under and a nodeAffinity (preferred and
+    /// required) that schedules a pod onto a node whose cache holds it.
+    #[command(
+        after_help = "Examples:\n  tugboat affinity harbor.example.com/ml-models/tinyllama:v1.0.0-gguf\n  \
+tugboat affinity harbor.example.com/ml-models/tinyllama@sha256:<hex> --required\n  \
+tugboat affinity --name tinyllama --keys"
+    )]
+    Affinity(affinity::AffinityArgs),
     /// Print the version.
     Version,
 }
@@ -418,6 +427,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Inspect(args) => formats::inspect(args).await,
         Command::Node(args) => node::run(args).await,
         Command::Cache(command) => cache::run(command),
+        Command::Affinity(args) => affinity::run(args),
         Command::Warm(args) => warm::run(args).await,
         Command::Version => {
             println!("tugboat {}", env!("CARGO_PKG_VERSION"));

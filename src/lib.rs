@@ -2,6 +2,7 @@
 //! byte, through a content-addressed on-node cache shared by every mode (init container,
 //! CSI node plugin, cache warmer).
 
+pub mod advertise;
 pub mod artifact;
 pub mod cache;
 pub mod csi;

@@ -1,5 +1,6 @@
 //! The node daemon's Prometheus metrics: bytes from the registry versus served from the cache, pull
-//! durations, cache size, GC, in-flight pulls, CSI calls by method and code, warm entries.
+//! durations, cache size, GC, in-flight pulls, CSI calls by method and code, warm entries, and
+//! the models advertised on the Node (with the patches and apiserver requests that cost).
 //! Encoded as OpenMetrics text for `/metrics`.
 
 use crate::cache::{GcReport, Inventory};
@@ -29,6 +30,18 @@ pub struct StateLabels {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PatchLabels {
+    /// `applied` or `failed`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabels {
+    /// `get` or `patch`.
+    pub verb: String,
+}
+
 type HistogramFamily = Family<OutcomeLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -45,6 +58,10 @@ pub struct Metrics {
     pub gc_freed_bytes: Counter,
     pub csi_calls: Family<CsiLabels, Counter>,
     pub warm_entries: Family<StateLabels, Gauge>,
+    pub advertised_models: Gauge,
+    pub advertised_bytes: Gauge,
+    pub advertise_patches: Family<PatchLabels, Counter>,
+    pub advertise_requests: Family<VerbLabels, Counter>,
 }
 
 fn pull_histogram() -> Histogram {
@@ -68,6 +85,10 @@ impl Default for Metrics {
             gc_freed_bytes: Counter::default(),
             csi_calls: Family::default(),
             warm_entries: Family::default(),
+            advertised_models: Gauge::default(),
+            advertised_bytes: Gauge::default(),
+            advertise_patches: Family::default(),
+            advertise_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -140,6 +161,26 @@ impl Default for Metrics {
             "Warm-list entries by state",
             metrics.warm_entries.clone(),
         );
+        registry.register(
+            "advertised_models",
+            "Models this node advertises as labels on its Node object",
+            metrics.advertised_models.clone(),
+        );
+        registry.register(
+            "advertised_bytes",
+            "Bytes of the models this node advertises on its Node object",
+            metrics.advertised_bytes.clone(),
+        );
+        registry.register(
+            "advertise_patches",
+            "Patches of the Node's labels, by outcome (applied, failed)",
+            metrics.advertise_patches.clone(),
+        );
+        registry.register(
+            "advertise_requests",
+            "Requests to the Kubernetes apiserver for node labels, by verb (get, patch)",
+            metrics.advertise_requests.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -201,6 +242,28 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// The models (and their bytes) the Node's labels now advertise.
+    pub fn record_advertised(&self, models: u64, bytes: u64) {
+        self.advertised_models.set(models as i64);
+        self.advertised_bytes.set(bytes as i64);
+    }
+
+    pub fn record_advertise_patch(&self, outcome: &str) {
+        self.advertise_patches
+            .get_or_create(&PatchLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn record_advertise_request(&self, verb: &str) {
+        self.advertise_requests
+            .get_or_create(&VerbLabels {
+                verb: verb.to_string(),
+            })
+            .inc();
     }
 
     /// OpenMetrics text exposition.

@@ -20,6 +20,7 @@ use std::time::Duration;
 ///   - reference: harbor.example.com/ml-models/tinyllama:v1.0.0-gguf
 ///     pullPolicy: IfNotPresent      # optional
 ///     nodeSelector: {gpu: a100}     # optional: only nodes with these labels
+///     name: tinyllama               # optional: the node label name.model.tugboat.io/tinyllama
 /// ```
 #[derive(Clone, Debug, PartialEq, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -38,6 +39,10 @@ pub struct WarmEntry {
     pub pull_policy: Option<PullPolicy>,
     #[serde(default)]
     pub node_selector: BTreeMap<String, String>,
+    /// A short name for the model, advertised on the Node as `name.model.tugboat.io/<name>`
+    /// while the node holds it (a label name: 1-63 letters, digits, '-', '_', '.').
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 fn default_interval() -> Duration {
@@ -111,14 +116,27 @@ impl WarmList {
             path: path.to_path_buf(),
             detail: e.to_string(),
         })?;
+        let invalid = |detail: String| WarmError::Invalid {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let mut names = std::collections::BTreeSet::new();
         for entry in &list.models {
             entry
                 .reference
                 .parse::<Reference>()
-                .map_err(|e| WarmError::Invalid {
-                    path: path.to_path_buf(),
-                    detail: crate::errors::render(&e),
-                })?;
+                .map_err(|e| invalid(crate::errors::render(&e)))?;
+            if let Some(name) = &entry.name {
+                if let Some(problem) = crate::advertise::keys::name_problem(name) {
+                    return Err(invalid(format!(
+                        "name {name:?} of {}: {problem} (it becomes a node label name)",
+                        entry.reference
+                    )));
+                }
+                if !names.insert(name.as_str()) {
+                    return Err(invalid(format!("name {name:?} is given to two entries")));
+                }
+            }
         }
         Ok(list)
     }
@@ -324,6 +342,13 @@ mod tests {
         let labels = parse_labels("gpu=a100,zone=a").unwrap();
         assert!(list.models[1].selects(&labels));
         assert!(!list.models[1].selects(&BTreeMap::new()));
+        std::fs::write(
+            &path,
+            "models:\n  - reference: r.example.com/m/x:1\n    name: Llama-3.1_8B\n",
+        )
+        .unwrap();
+        let list = WarmList::load(&path).unwrap();
+        assert_eq!(list.models[0].name.as_deref(), Some("Llama-3.1_8B"));
     }
 
     #[test]
@@ -333,6 +358,8 @@ mod tests {
         for bad in [
             "interval: soon\n",
             "models:\n  - reference: UPPER/x\n",
+            "models:\n  - reference: r.example.com/m/x:1\n    name: -bad\n",
+            "models:\n  - reference: r.example.com/m/x:1\n    name: a\n  - reference: r.example.com/m/y:1\n    name: a\n",
             "modles: []\n",
         ] {
             std::fs::write(&path, bad).unwrap();

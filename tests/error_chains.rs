@@ -12,6 +12,7 @@
 use std::error::Error;
 use std::io;
 use std::net::SocketAddr;
+use tugboat::advertise::AdvertiseError;
 use tugboat::artifact::{ArtifactError, SelectionError};
 use tugboat::cache::CacheError;
 use tugboat::csi::flight::FlightLost;
@@ -368,6 +369,34 @@ fn node_errors() -> Vec<NodeError> {
             source: io::Error::from_raw_os_error(nix::libc::EADDRINUSE),
         }],
         Registry => registry_errors().into_iter().map(NodeError::Registry),
+        Advertise => advertise_errors().into_iter().map(NodeError::Advertise),
+    })
+}
+
+fn advertise_errors() -> Vec<AdvertiseError> {
+    every_variant!(AdvertiseError {
+        NodeName => [AdvertiseError::NodeName],
+        Cluster => [AdvertiseError::Cluster {
+            detail: "KUBERNETES_SERVICE_HOST is not set: not running in a pod".into(),
+        }],
+        Kubeconfig => [AdvertiseError::Kubeconfig {
+            path: "/etc/kubeconfig".into(),
+            detail: "failed to read kubeconfig from '\"/etc/kubeconfig\"': No such file or directory (os error 2)".into(),
+        }],
+        Api => [
+            AdvertiseError::Api {
+                verb: "patch",
+                node: "node-a".into(),
+                code: Some(403),
+                detail: "the apiserver answered 403: nodes \"node-a\" is forbidden (the daemon's ServiceAccount needs get and patch on nodes: manifests/rbac.yaml)".into(),
+            },
+            AdvertiseError::Api {
+                verb: "get",
+                node: "node-a".into(),
+                code: None,
+                detail: "client error (Connect): tcp connect error: Connection refused (os error 111)".into(),
+            },
+        ],
     })
 }
 
@@ -416,6 +445,7 @@ fn every_error() -> Vec<(String, Boxed)> {
     all.extend(boxed("PushError", push_errors()));
     all.extend(boxed("NodeError", node_errors()));
     all.extend(boxed("WarmError", warm_errors()));
+    all.extend(boxed("AdvertiseError", advertise_errors()));
     all
 }
 
@@ -489,6 +519,7 @@ fn csi_status_messages_say_each_clause_once() {
     statuses("PushError", push_errors());
     statuses("NodeError", node_errors());
     statuses("WarmError", warm_errors());
+    statuses("AdvertiseError", advertise_errors());
 }
 
 /// The two lines the issue quotes, as tugboat now says them.

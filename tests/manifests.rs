@@ -1568,6 +1568,242 @@ fn examples_are_admissible_under_restricted_pod_security_and_fit_a_small_node() 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Node labels: RBAC, the token, the node name, and the examples' affinities
+
+/// The rules granted to a ServiceAccount by every (Cluster)RoleBinding in `docs`.
+fn rules_of_service_account<'a>(docs: &'a [Doc], namespace: &str, sa: &str) -> Vec<&'a Value> {
+    let mut rules = Vec::new();
+    for binding in docs
+        .iter()
+        .filter(|d| matches!(kind(d), "RoleBinding" | "ClusterRoleBinding"))
+    {
+        let binds_it = seq(&binding.value, &["subjects"]).iter().any(|s| {
+            text(s, &["kind"]) == Some("ServiceAccount")
+                && text(s, &["name"]) == Some(sa)
+                && text(s, &["namespace"]) == Some(namespace)
+        });
+        if !binds_it {
+            continue;
+        }
+        let role_kind = text(&binding.value, &["roleRef", "kind"]).unwrap();
+        let role_name = text(&binding.value, &["roleRef", "name"]).unwrap();
+        assert_eq!(
+            text(&binding.value, &["roleRef", "apiGroup"]),
+            Some("rbac.authorization.k8s.io")
+        );
+        let role = find(docs, role_kind, role_name).unwrap_or_else(|| {
+            panic!(
+                "{}: {role_kind} {role_name} is not in manifests/",
+                binding.file
+            )
+        });
+        rules.extend(seq(&role.value, &["rules"]));
+    }
+    rules
+}
+
+fn strings(v: &Value, key: &str) -> BTreeSet<String> {
+    seq(v, &[key])
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn node_labels_need_get_and_patch_on_nodes_and_nothing_more() {
+    let docs = docs();
+    let daemonset = find(&docs, "DaemonSet", "tugboat-node").expect("the DaemonSet");
+    let pod = &pod_specs(std::slice::from_ref(daemonset))[0];
+    let spec = pod.spec;
+    let namespace = text(&daemonset.value, &["metadata", "namespace"]).unwrap();
+    let sa = text(spec, &["serviceAccountName"]).expect("the DaemonSet names its ServiceAccount");
+
+    // Exactly one rule reaches the ServiceAccount: get and patch on core nodes.
+    let rules = rules_of_service_account(&docs, namespace, sa);
+    assert_eq!(rules.len(), 1, "{sa}: {rules:?}");
+    let rule = rules[0];
+    assert_eq!(strings(rule, "apiGroups"), BTreeSet::from(["".to_string()]));
+    assert_eq!(
+        strings(rule, "resources"),
+        BTreeSet::from(["nodes".to_string()])
+    );
+    assert_eq!(
+        strings(rule, "verbs"),
+        BTreeSet::from(["get".to_string(), "patch".to_string()])
+    );
+    assert!(get(rule, &["nonResourceURLs"]).is_none());
+    // No role anywhere grants wildcards.
+    for role in docs
+        .iter()
+        .filter(|d| matches!(kind(d), "Role" | "ClusterRole"))
+    {
+        for rule in seq(&role.value, &["rules"]) {
+            for key in ["apiGroups", "resources", "verbs"] {
+                assert!(
+                    !strings(rule, key).contains("*"),
+                    "{}: a wildcard in {key}",
+                    role.file
+                );
+            }
+        }
+    }
+
+    // The token reaches the tugboat container alone, where the in-cluster configuration reads
+    // it; nothing is mounted automatically.
+    let account = find(&docs, "ServiceAccount", sa).expect("the ServiceAccount");
+    assert_eq!(
+        get(&account.value, &["automountServiceAccountToken"]).and_then(Value::as_bool),
+        Some(false)
+    );
+    assert_eq!(
+        get(spec, &["automountServiceAccountToken"]).and_then(Value::as_bool),
+        Some(false)
+    );
+    let token_dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let tugboat = containers(spec).find(|c| is_tugboat(c)).unwrap();
+    let (mount, volume) = mount_for(spec, tugboat, &format!("{token_dir}/token"))
+        .expect("the tugboat container mounts the ServiceAccount token");
+    assert_eq!(text(mount, &["mountPath"]), Some(token_dir));
+    assert_eq!(
+        get(mount, &["readOnly"]).and_then(Value::as_bool),
+        Some(true)
+    );
+    let sources = seq(volume, &["projected", "sources"]);
+    let token = sources
+        .iter()
+        .find_map(|s| get(s, &["serviceAccountToken"]))
+        .expect("a projected serviceAccountToken");
+    assert_eq!(text(token, &["path"]), Some("token"));
+    assert!(
+        get(token, &["audience"]).is_none(),
+        "the apiserver's audience"
+    );
+    assert!(sources.iter().any(|s| {
+        text(s, &["configMap", "name"]) == Some("kube-root-ca.crt")
+            && seq(s, &["configMap", "items"])
+                .iter()
+                .any(|i| text(i, &["path"]) == Some("ca.crt"))
+    }));
+    assert!(sources.iter().any(|s| {
+        seq(s, &["downwardAPI", "items"]).iter().any(|i| {
+            text(i, &["path"]) == Some("namespace")
+                && text(i, &["fieldRef", "fieldPath"]) == Some("metadata.namespace")
+        })
+    }));
+    let volume_name = text(volume, &["name"]).unwrap();
+    for c in containers(spec).filter(|c| !is_tugboat(c)) {
+        assert!(
+            seq(c, &["volumeMounts"])
+                .iter()
+                .all(|m| text(m, &["name"]) != Some(volume_name)),
+            "{}: a sidecar mounts the token",
+            text(c, &["name"]).unwrap()
+        );
+    }
+
+    // The node name comes from the downward API, and the daemon reads it.
+    let inv = invocation(&pod.at, tugboat);
+    assert_ne!(
+        option(&inv, "--advertise", "TUGBOAT_ADVERTISE").as_deref(),
+        Some("off")
+    );
+    let node_name = seq(tugboat, &["env"])
+        .iter()
+        .find(|e| text(e, &["name"]) == Some("NODE_NAME"))
+        .expect("NODE_NAME in the tugboat container's env");
+    assert_eq!(
+        text(node_name, &["valueFrom", "fieldRef", "fieldPath"]),
+        Some("spec.nodeName")
+    );
+    let bin = Path::new(env!("CARGO_BIN_EXE_tugboat"));
+    let read = env_vars_in_help(bin, &["node".to_string()]);
+    for var in [
+        "NODE_NAME",
+        "TUGBOAT_ADVERTISE",
+        "TUGBOAT_ADVERTISE_MAX_MODELS",
+    ] {
+        assert!(
+            read.contains(var),
+            "tugboat node does not read {var}: {read:?}"
+        );
+    }
+}
+
+#[test]
+fn example_affinities_name_the_model_their_pods_mount() {
+    let docs = docs();
+    let bin = Path::new(env!("CARGO_BIN_EXE_tugboat"));
+    let mut checked = BTreeSet::new();
+    for pod in pod_specs(&docs) {
+        let affinity = get(pod.spec, &["affinity", "nodeAffinity"]);
+        let mut keys = Vec::new();
+        if let Some(affinity) = affinity {
+            for term in seq(
+                affinity,
+                &["preferredDuringSchedulingIgnoredDuringExecution"],
+            ) {
+                keys.extend(seq(term, &["preference", "matchExpressions"]).iter());
+            }
+            for term in seq(
+                affinity,
+                &[
+                    "requiredDuringSchedulingIgnoredDuringExecution",
+                    "nodeSelectorTerms",
+                ],
+            ) {
+                keys.extend(seq(term, &["matchExpressions"]).iter());
+            }
+        }
+        let keys: Vec<&Value> = keys
+            .into_iter()
+            .filter(|e| text(e, &["key"]).is_some_and(|k| k.contains(".model.tugboat.io/")))
+            .collect();
+        if keys.is_empty() {
+            continue;
+        }
+        let references: Vec<&str> = seq(pod.spec, &["volumes"])
+            .iter()
+            .filter_map(|v| text(v, &["csi", "volumeAttributes", "reference"]))
+            .collect();
+        assert_eq!(references.len(), 1, "{}: one model volume", pod.at);
+        let out = Command::new(bin)
+            .args(["affinity", references[0], "--keys"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let expected = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        for e in keys {
+            assert_eq!(text(e, &["key"]), Some(expected.as_str()), "{}", pod.at);
+            assert_eq!(text(e, &["operator"]), Some("Exists"), "{}", pod.at);
+        }
+        let how = if get(
+            pod.spec,
+            &[
+                "affinity",
+                "nodeAffinity",
+                "requiredDuringSchedulingIgnoredDuringExecution",
+            ],
+        )
+        .is_some()
+        {
+            "required"
+        } else {
+            "preferred"
+        };
+        checked.insert(how);
+    }
+    assert_eq!(
+        checked,
+        BTreeSet::from(["preferred", "required"]),
+        "an example of each"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Kustomize components (manifests/components/*): rendered over the base by kustomize itself
 
 #[test]

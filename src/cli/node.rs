@@ -1,4 +1,5 @@
-//! The `node` subcommand: the CSI node plugin daemon kubelet talks to over a Unix socket.
+//! The `node` subcommand: the CSI node plugin daemon kubelet talks to over a Unix socket, with
+//! its warm list, garbage collection, metrics and node labels.
 
 use super::cache::parse_percent;
 use super::{Failure, PolicyArgs, RegistryArgs};
@@ -62,9 +63,51 @@ pub struct NodeArgs {
     #[arg(long, value_name = "DIR", env = "TUGBOAT_KUBELET_ROOT")]
     kubelet_root: Option<PathBuf>,
     #[command(flatten)]
+    advertise: AdvertiseArgs,
+    #[command(flatten)]
     policy: PolicyArgs,
     #[command(flatten)]
     registry: RegistryArgs,
+}
+
+/// Node labels: the cache's models as labels on this node's Node object.
+#[derive(Args)]
+#[command(next_help_heading = "Node labels (schedule onto warm nodes)")]
+pub struct AdvertiseArgs {
+    /// Advertise the models this node's cache holds complete as labels on its Node object
+    /// (`tugboat affinity REF` prints the matching nodeAffinity). auto: on in a pod with a
+    /// ServiceAccount token and a node name, else off (said once in the log); on: refuse to
+    /// start without them.
+    #[arg(long, env = "TUGBOAT_ADVERTISE", value_enum, default_value = "auto")]
+    advertise: tugboat::advertise::Mode,
+    /// The Node object to label (from the downward API: spec.nodeName).
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Advertise at most this many models: the warm list's first, then the most recently used
+    /// (a log line says when some are left out).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "TUGBOAT_ADVERTISE_MAX_MODELS",
+        default_value_t = 100
+    )]
+    advertise_max_models: usize,
+    /// Talk to the apiserver with this kubeconfig instead of the in-cluster configuration (a
+    /// daemon run outside a pod).
+    #[arg(long, value_name = "FILE", env = "TUGBOAT_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+}
+
+impl AdvertiseArgs {
+    fn settings(&self) -> tugboat::advertise::daemon::Settings {
+        tugboat::advertise::daemon::Settings {
+            mode: self.advertise,
+            node_name: self.node_name.clone(),
+            max_models: self.advertise_max_models,
+            kubeconfig: self.kubeconfig.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 fn parse_mode(text: &str) -> Result<u32, String> {
@@ -98,6 +141,7 @@ pub async fn run(args: NodeArgs) -> Result<(), Failure> {
         },
         gc_interval: Duration::from_secs(args.gc_interval.max(1)),
         policy: args.policy.load()?,
+        advertise: args.advertise.settings(),
     };
     tugboat::node::run(config)
         .await

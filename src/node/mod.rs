@@ -1,6 +1,8 @@
 //! The node daemon (`tugboat node`): opens the cache, reconciles leases with the mount table
 //! left by a previous run, then serves the CSI Identity and Node services on a Unix socket
-//! until SIGTERM/SIGINT, finishing in-flight calls and leaving every mount in place.
+//! until SIGTERM/SIGINT, finishing in-flight calls and leaving every mount in place. Beside
+//! it run the warm loop, the GC loop, the HTTP endpoints and, in a cluster, the node-label loop
+//! (`crate::advertise`).
 
 mod gc_loop;
 mod http;
@@ -49,6 +51,8 @@ pub struct NodeConfig {
     pub gc_interval: Duration,
     /// The node policy (`--policy`): access and signature rules.
     pub policy: Option<Arc<crate::policy::Policy>>,
+    /// Node labels: whether and how the cache's models are advertised on the Node object.
+    pub advertise: crate::advertise::daemon::Settings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +79,8 @@ pub enum NodeError {
     },
     #[error("registry options")]
     Registry(#[from] crate::registry::RegistryError),
+    #[error("node labels")]
+    Advertise(#[from] crate::advertise::AdvertiseError),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -85,6 +91,14 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let path = socket_path(&config.csi_endpoint)?;
     let cache = Cache::open(&config.cache)?;
     let metrics = Arc::new(Metrics::default());
+    // Decided before anything is bound: `--advertise on` without a cluster stops here.
+    let advertiser = crate::advertise::daemon::start(
+        &config.advertise,
+        cache.clone(),
+        config.warm_config.clone(),
+        metrics.clone(),
+    )
+    .await?;
     let ready = Arc::new(AtomicBool::new(false));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stopped_future = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -126,6 +140,11 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         "leases rebuilt from the mount table"
     );
     ready.store(true, Ordering::Release);
+
+    // Node labels: reconciled with the cache at start, then kept equal to it.
+    if let Some(advertiser) = advertiser {
+        background.push(tokio::spawn(advertiser.run()));
+    }
 
     let warm = warm_loop::WarmShared::default();
     if let Some(file) = &config.warm_config {
@@ -205,6 +224,7 @@ impl Classify for NodeError {
             NodeError::Socket { source, .. } => io_kind(source),
             NodeError::Cache(e) => e.kind(),
             NodeError::Registry(e) => e.kind(),
+            NodeError::Advertise(e) => e.kind(),
             NodeError::Serve(_) | NodeError::Http { .. } => FailureKind::Other,
         }
     }

@@ -47,6 +47,17 @@ impl Partial {
             Partial::Chunked(writer) => writer.abandon().await,
         }
     }
+
+    /// Stops writing and keeps the partial for a later resume: its bytes are sound, the
+    /// trouble was on this side (a full disk, an I/O error).
+    async fn keep(self) {
+        match self {
+            Partial::Whole(writer) => {
+                let _ = writer.suspend().await;
+            }
+            Partial::Chunked(writer) => writer.suspend().await,
+        }
+    }
 }
 
 /// One archive layer to unpack while it downloads.
@@ -370,7 +381,8 @@ enum First {
 
 /// The end of a streamed layer whose download completed: a refused archive keeps nothing of
 /// its partial; the bytes must match the layer's size and digest. A layer `resumed` from a
-/// partial that fails either way is tried again from nothing.
+/// partial that fails either way is tried again from nothing. An unpacking that failed on
+/// this side (a full disk) keeps the partial, as a failed chunked download does.
 async fn settle(
     blob: &artifact::Descriptor,
     (tree, extracted): Extracted,
@@ -379,6 +391,11 @@ async fn settle(
 ) -> Result<Layer, PullError> {
     let read = match extracted {
         Ok(read) => read,
+        Err(MaterializeError::Cache(local)) if !local.is_integrity() => {
+            // The disk, not the archive, failed: the downloaded bytes stay for the next try.
+            partial.keep().await;
+            return Err(PullError::Cache(local));
+        }
         Err(refused) => {
             partial.discard().await;
             if resumed {

@@ -544,6 +544,10 @@ pub fn tugboat() -> Command {
         "COSIGN_KEY",
         "COSIGN_CERT_IDENTITY",
         "COSIGN_CERT_OIDC_ISSUER",
+        // node labels: a test run inside a pod must not label the node it runs on
+        "NODE_NAME",
+        "KUBERNETES_SERVICE_HOST",
+        "KUBERNETES_SERVICE_PORT",
     ] {
         cmd.env_remove(var);
     }
