@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Warm pulls (the model is in the cache) at several model sizes: how long `tugboat pull
 # REF@digest --dest NEW --cache C` takes when nothing is downloaded, for each way of making
-# --dest files, and the re-run into a destination that already holds the model (its stamp).
+# --dest files, and the re-run into a destination that already holds the model (its stamp),
+# beside the peer a copy answers to: `cp -r` of the snapshot's tree and `sync`, on the same
+# filesystem (tugboat's copy returns only once the files are durable, so the peer syncs too).
 # Each size is pushed, pulled cold once into the cache, then measured RUNS times (median).
 #
 #   bash bench/warm.sh                       # 100 MiB and 2 GiB
@@ -21,7 +23,7 @@ RUNS=${RUNS:-5}
 need_packages
 if [ -z "${TUGBOAT:-}" ]; then
   cargo build --release --locked --quiet
-  TUGBOAT=$PWD/target/release/tugboat
+  TUGBOAT=${CARGO_TARGET_DIR:-$PWD/target}/release/tugboat
 fi
 
 WORK=$(mktemp -d -p "${BENCH_DIR:-/var/tmp}")
@@ -42,7 +44,8 @@ median_ms() {
   printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p"
 }
 
-printf '%-10s %-14s %-14s %-14s %-10s\n' size "copy (ms)" "--link hard" "stamp hit" "fs"
+printf '%-10s %-12s %-14s %-12s %-12s %-10s %-10s\n' size "copy (ms)" "cp -r + sync" "copy/cp" \
+  "--link hard" "stamp hit" fs
 for mib in $SIZES_MIB; do
   free_mib=$(( $(df -Pk "$WORK" | awk 'NR==2 {print $4}') / 1024 ))
   if [ "$free_mib" -lt $(( mib * 2 + 1024 )) ]; then
@@ -65,12 +68,16 @@ for mib in $SIZES_MIB; do
 
   prepare() { rm -rf "$WORK/dest"; sync; }
   copy=$(median_ms "$TUGBOAT" pull "$REF" --dest "$WORK/dest" --cache "$WORK/cache" --plain-http)
+  snapshot=$WORK/cache/snapshots/${digest#sha256:}
+  peer=$(median_ms bash -c 'cp -r "$1" "$2" && sync' cp "$snapshot" "$WORK/dest")
   hard=$(median_ms "$TUGBOAT" pull "$REF" --dest "$WORK/dest" --cache "$WORK/cache" --plain-http --link hard)
   "$TUGBOAT" pull "$REF" --dest "$WORK/dest" --cache "$WORK/cache" --plain-http >/dev/null 2>&1
   prepare() { :; }
   stamp=$(median_ms "$TUGBOAT" pull "$REF" --dest "$WORK/dest" --cache "$WORK/cache" --plain-http)
   fs=$(df -PT "$WORK" | awk 'NR==2 {print $2}')
-  printf '%-10s %-14s %-14s %-14s %-10s\n' "${mib}MiB" "$copy" "$hard" "$stamp" "$fs"
+  ratio=$(python3 -c 'import sys; a, b = map(int, sys.argv[1:]); print(f"{a / max(b, 1):.2f}x")' "$copy" "$peer")
+  printf '%-10s %-12s %-14s %-12s %-12s %-10s %-10s\n' "${mib}MiB" "$copy" "$peer" "$ratio" \
+    "$hard" "$stamp" "$fs"
   rm -rf "$WORK/cache" "$WORK/dest" "$WORK/registry/data"
   start_registry "$WORK/registry"
 done

@@ -7,6 +7,7 @@
 mod dest_copy;
 pub mod extract;
 pub mod limits;
+mod parallel;
 pub mod stamp;
 pub mod stream;
 
@@ -96,7 +97,8 @@ fn top_entries(snapshot: &Path) -> Result<Vec<String>, MaterializeError> {
 }
 
 /// Mirrors the snapshot into `staging` (files placed as `how` says, folders and symlinks
-/// recreated), then renames each top-level entry into `dest`.
+/// recreated; durable before anything moves), then renames each top-level entry into `dest`
+/// and makes the renames durable.
 fn stage_and_swap(
     snapshot: &Path,
     _files: &[SnapshotFile],
@@ -106,6 +108,10 @@ fn stage_and_swap(
 ) -> Result<(), MaterializeError> {
     fs::create_dir_all(staging).map_err(io(staging))?;
     let tops = top_entries(snapshot)?;
+    let mut tree = Tree {
+        jobs: Vec::new(),
+        dirs: vec![staging.to_path_buf()],
+    };
     for top in &tops {
         if top == stamp::WORK_DIR {
             return Err(MaterializeError::Destination {
@@ -116,8 +122,10 @@ fn stage_and_swap(
                 ),
             });
         }
-        mirror(&snapshot.join(top), &staging.join(top), how)?;
+        mirror(&snapshot.join(top), &staging.join(top), &mut tree)?;
     }
+    dest_copy::place_all(&tree.jobs, &tree.dirs, how)
+        .map_err(|(path, e)| MaterializeError::Cache(CacheError::io(path, e)))?;
     for top in &tops {
         let from = staging.join(top);
         let to = dest.join(top);
@@ -128,11 +136,19 @@ fn stage_and_swap(
         }
         fs::rename(&from, &to).map_err(io(&to))?;
     }
+    crate::cache::sync_dir(dest)?;
     Ok(())
 }
 
-/// Recreates `from` (a trusted snapshot entry) at `to`.
-fn mirror(from: &Path, to: &Path, how: DestLink) -> Result<(), MaterializeError> {
+/// What mirroring a snapshot leaves to do: the files to place, and the folders made.
+struct Tree {
+    jobs: Vec<dest_copy::Job>,
+    dirs: Vec<PathBuf>,
+}
+
+/// Recreates `from` (a trusted snapshot entry) at `to`: folders and symlinks now, files as
+/// jobs for `dest_copy::place_all`.
+fn mirror(from: &Path, to: &Path, tree: &mut Tree) -> Result<(), MaterializeError> {
     let meta = fs::symlink_metadata(from).map_err(io(from))?;
     let kind = meta.file_type();
     if kind.is_symlink() {
@@ -140,13 +156,18 @@ fn mirror(from: &Path, to: &Path, how: DestLink) -> Result<(), MaterializeError>
         std::os::unix::fs::symlink(&target, to).map_err(io(to))
     } else if kind.is_dir() {
         fs::create_dir(to).map_err(io(to))?;
+        tree.dirs.push(to.to_path_buf());
         for entry in fs::read_dir(from).map_err(io(from))? {
             let entry = entry.map_err(io(from))?;
-            mirror(&entry.path(), &to.join(entry.file_name()), how)?;
+            mirror(&entry.path(), &to.join(entry.file_name()), tree)?;
         }
         Ok(())
     } else {
-        dest_copy::place(from, to, how).map_err(io(to))
+        tree.jobs.push(dest_copy::Job {
+            source: from.to_path_buf(),
+            target: to.to_path_buf(),
+        });
+        Ok(())
     }
 }
 

@@ -41,7 +41,8 @@ impl Stamp {
         let dir = work_dir(dest);
         std::fs::create_dir_all(&dir).map_err(|e| CacheError::io(&dir, e))?;
         let json = serde_json::to_vec_pretty(self).expect("stamp serialises");
-        write_atomically(&stamp_path(dest), &json)
+        write_atomically(&stamp_path(dest), &json)?;
+        crate::cache::sync_dir(&dir)
     }
 
     /// Every stamped file is present with its size; with `rehash`, also its digest.
