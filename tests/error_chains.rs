@@ -701,32 +701,7 @@ fn each_class_maps_the_same_in_every_command() {
 #[path = "common/artifacts.rs"]
 mod artifacts;
 mod common;
-
-/// The error line of a failed command, checked: each clause once.
-fn error_line(run: &common::Run, what: &str) -> String {
-    assert!(!run.status.success(), "{what} should fail:\n{}", run.stderr);
-    assert_ne!(
-        run.code(),
-        Some(101),
-        "{what}: tugboat panicked:\n{}",
-        run.stderr
-    );
-    let line = run
-        .stderr
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("{what}: no error line in\n{}", run.stderr))
-        .to_string();
-    let clauses: Vec<&str> = line.split(": ").collect();
-    for (i, clause) in clauses.iter().enumerate() {
-        assert!(
-            !clauses[..i].contains(clause),
-            "{what}: the clause {clause:?} is said twice in {line:?}"
-        );
-    }
-    line
-}
+use common::error_line;
 
 /// The line: a raw ModelPack layer without `org.cncf.model.filepath` is refused,
 /// its reason said once.

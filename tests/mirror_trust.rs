@@ -81,26 +81,6 @@ fn assert_nothing_in(dest: &Path) {
     }
 }
 
-/// The CLI's error line, each clause said once.
-fn error_line(run: &Run, what: &str) -> String {
-    assert!(!run.status.success(), "{what} should fail:\n{}", run.stderr);
-    let line = run
-        .stderr
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("{what}: no error line in\n{}", run.stderr))
-        .to_string();
-    let clauses: Vec<&str> = line.split(": ").collect();
-    for (i, clause) in clauses.iter().enumerate() {
-        assert!(
-            !clauses[..i].contains(clause),
-            "{what}: {clause:?} said twice in {line:?}"
-        );
-    }
-    line
-}
-
 /// HEADs of the manifest by digest the origin answered since `mark`.
 fn origin_heads(reg: &Registry, mark: usize, digest: &str) -> usize {
     reg.requests_since(mark)

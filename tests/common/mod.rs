@@ -1233,3 +1233,30 @@ fn make_tls_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         dir.join("server.key"),
     )
 }
+
+/// The error line of a failed command, checked: each clause once.
+#[allow(dead_code)]
+pub fn error_line(run: &Run, what: &str) -> String {
+    assert!(!run.status.success(), "{what} should fail:\n{}", run.stderr);
+    assert_ne!(
+        run.code(),
+        Some(101),
+        "{what}: tugboat panicked:\n{}",
+        run.stderr
+    );
+    let line = run
+        .stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("{what}: no error line in\n{}", run.stderr))
+        .to_string();
+    let clauses: Vec<&str> = line.split(": ").collect();
+    for (i, clause) in clauses.iter().enumerate() {
+        assert!(
+            !clauses[..i].contains(clause),
+            "{what}: the clause {clause:?} is said twice in {line:?}"
+        );
+    }
+    line
+}

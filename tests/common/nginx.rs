@@ -66,23 +66,9 @@ impl Nginx {
         )
         .unwrap();
         let port = super::free_port();
-        let user_line = if nix::unistd::geteuid().is_root() {
-            "user root;\n"
-        } else {
-            ""
-        };
         let pass_to = format!("proxy_pass {origin};\nproxy_http_version 1.1;\n");
         let config = format!(
-            "{user_line}worker_processes 1;\n\
-             error_log {d}/logs/error.log warn;\n\
-             pid {d}/nginx.pid;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n\
-             client_body_temp_path {d}/tmp/body;\n\
-             proxy_temp_path {d}/tmp/proxy;\n\
-             fastcgi_temp_path {d}/tmp/fastcgi;\n\
-             uwsgi_temp_path {d}/tmp/uwsgi;\n\
-             scgi_temp_path {d}/tmp/scgi;\n\
+            "{preamble}\
              log_format mirror '$request_method \"$request_uri\" $status \"$http_authorization\" \"$http_x_dragonfly_registry\" -';\n\
              server {{\n\
              listen 127.0.0.1:{port};\n\
@@ -94,7 +80,8 @@ impl Nginx {
              {pass_to}}}\n\
              location /v2/ {{\n{pass_to}}}\n\
              }}\n\
-             }}\n"
+             }}\n",
+            preamble = preamble(&d)
         );
         Self::launch(dir, config, port, None)
     }
@@ -138,23 +125,8 @@ impl Nginx {
             ),
             _ => String::new(),
         };
-        // As root, nginx's workers would run as nobody, who cannot enter the tempdir.
-        let user = if nix::unistd::geteuid().is_root() {
-            "user root;\n"
-        } else {
-            ""
-        };
         let config = format!(
-            "{user}worker_processes 1;\n\
-             error_log {d}/logs/error.log warn;\n\
-             pid {d}/nginx.pid;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n\
-             client_body_temp_path {d}/tmp/body;\n\
-             proxy_temp_path {d}/tmp/proxy;\n\
-             fastcgi_temp_path {d}/tmp/fastcgi;\n\
-             uwsgi_temp_path {d}/tmp/uwsgi;\n\
-             scgi_temp_path {d}/tmp/scgi;\n\
+            "{preamble}\
              log_format mirror '$request_method \"$request_uri\" $status \"$http_authorization\" \"$http_x_dragonfly_registry\" $upstream_cache_status';\n\
              proxy_cache_path {d}/cache levels=1:2 keys_zone=models:10m max_size=2g inactive=1h use_temp_path=off;\n\
              server {{\n\
@@ -163,7 +135,8 @@ impl Nginx {
              {mirror_locations}\
              }}\n\
              {storage_server}\
-             }}\n"
+             }}\n",
+            preamble = preamble(&d)
         );
         Self::launch(dir, config, port, storage_port)
     }
@@ -251,6 +224,29 @@ impl Drop for Nginx {
             let _ = child.wait();
         }
     }
+}
+
+/// The top of every config here, up to the opening of `http {` and its temp paths, all under
+/// the server's folder `d`. As root, nginx's workers would run as nobody, who cannot enter the
+/// tempdir, so they run as root.
+fn preamble(d: &str) -> String {
+    let user = if nix::unistd::geteuid().is_root() {
+        "user root;\n"
+    } else {
+        ""
+    };
+    format!(
+        "{user}worker_processes 1;\n\
+         error_log {d}/logs/error.log warn;\n\
+         pid {d}/nginx.pid;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n\
+         client_body_temp_path {d}/tmp/body;\n\
+         proxy_temp_path {d}/tmp/proxy;\n\
+         fastcgi_temp_path {d}/tmp/fastcgi;\n\
+         uwsgi_temp_path {d}/tmp/uwsgi;\n\
+         scgi_temp_path {d}/tmp/scgi;\n"
+    )
 }
 
 /// `METHOD "URI" STATUS "AUTH" "DFREG" CACHE` lines.
